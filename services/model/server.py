@@ -1,0 +1,134 @@
+"""The model server's ZeroMQ shape: ROUTER frontend on tcp ↔ zmq.proxy ↔ DEALER backend on inproc ↔ workers.
+
+This is zguide's asyncsrv pattern (and the teaching project's), without its thread per request: a fixed
+set of workers feeds one Pipeline (decoder pool + dynamic batcher). Shutdown follows pyzmq's device
+example: terminating the context makes zmq.proxy raise ContextTerminated, and each thread closes the
+sockets it created.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import zmq
+
+from services.config import ModelConfig
+from services.model.metrics import ServerMetrics
+from services.model.pipeline import Pipeline, Runtime
+from services.model.worker import Worker
+
+log = logging.getLogger(__name__)
+
+BACKEND = "inproc://zerolens-backend"
+HEARTBEAT_IVL_MS = 1000  # ZMTP pings to clients: a vanished web pod's queues are freed after ~3 s
+MESSAGE_MARGIN_BYTES = 64 * 1024  # header and envelope on top of the largest allowed image
+
+
+def frontend_endpoint(host: str, port: int) -> str:
+    if ":" in host:  # IPv6 literal
+        return f"tcp://[{host}]:{port}"
+    return f"tcp://{host}:{port}"
+
+
+class ModelServer:
+    """Starts the proxy, the workers and the pipeline; `readiness` and `liveness` feed the health port."""
+
+    def __init__(self, cfg: ModelConfig, runtime: Runtime, metrics: ServerMetrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.context = zmq.Context()
+        self.pipeline = Pipeline(cfg, runtime, metrics)
+        self.workers: list[Worker] = []
+        self.port = cfg.port
+        self._bound = threading.Event()
+        self._bind_error: Exception | None = None
+        self._proxy = threading.Thread(target=self._run_proxy, name="proxy", daemon=True)
+        self._started = False
+
+    def _run_proxy(self) -> None:
+        # Sockets are created in the thread that uses them (zguide chapter 2).
+        frontend = self.context.socket(zmq.ROUTER)
+        backend = self.context.socket(zmq.DEALER)
+        for sock in (frontend, backend):
+            sock.linger = 0  # replies left at shutdown go to clients that will retry anyway
+        frontend.heartbeat_ivl = HEARTBEAT_IVL_MS
+        frontend.heartbeat_timeout = 3 * HEARTBEAT_IVL_MS
+        # A bigger message is dropped and its connection cut before it can take memory.
+        frontend.maxmsgsize = self.cfg.max_upload_bytes + MESSAGE_MARGIN_BYTES
+        frontend.ipv6 = ":" in self.cfg.host
+        try:
+            backend.bind(BACKEND)  # bound before the workers connect
+            frontend.bind(frontend_endpoint(self.cfg.host, self.cfg.port))
+            if self.cfg.port == 0:  # tests ask for any free port
+                self.port = int(frontend.last_endpoint.decode().rsplit(":", 1)[1])
+        except zmq.ZMQError as exc:
+            self._bind_error = exc
+            frontend.close()
+            backend.close()
+            self._bound.set()
+            return
+        self._bound.set()
+        try:
+            zmq.proxy(frontend, backend)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as exc:
+            log.error("proxy stopped: %s", exc)
+        finally:
+            frontend.close()
+            backend.close()
+
+    def start(self) -> ModelServer:
+        """Bind, then start the pipeline and the workers. :raise zmq.ZMQError: when the port is taken."""
+        self._proxy.start()
+        self._bound.wait()
+        if self._bind_error is not None:
+            self.context.term()
+            raise self._bind_error
+        self.pipeline.start()
+        for i in range(self.cfg.workers):
+            worker = Worker(i, self.context, BACKEND, self.pipeline, self.metrics)
+            worker.start()
+            self.workers.append(worker)
+        self._started = True
+        self.metrics.ready.set(1)
+        log.info(
+            "serving %s on %s (%d workers, %d decoders, batches up to %d within %.1f ms)",
+            self.cfg.model_name,
+            frontend_endpoint(self.cfg.host, self.port),
+            self.cfg.workers,
+            self.cfg.decode_threads,
+            self.cfg.max_batch_size,
+            self.cfg.max_batch_delay_ms,
+        )
+        return self
+
+    def liveness(self) -> tuple[bool, str]:
+        """Dead only when a thread that cannot come back has stopped: a restart is the fix."""
+        if self._started and not (self._proxy.is_alive() and self.pipeline.batcher.is_alive()):
+            return False, "proxy or batcher thread stopped"
+        return True, "alive"
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "loading the model"
+        if self.pipeline.draining:
+            return False, "draining"
+        if not all(w.is_alive() for w in self.workers):
+            return False, "a worker thread stopped"
+        return self.liveness()
+
+    def stop(self, drain_timeout_s: float) -> None:
+        """Stop taking work, finish what is in flight (up to drain_timeout_s), then close everything."""
+        self.metrics.ready.set(0)
+        if self._started:
+            finished = self.pipeline.drain(drain_timeout_s)
+            log.info("drained: %s", "all requests answered" if finished else "timed out, dropping the rest")
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            worker.join(timeout=5)
+        self.pipeline.close()
+        self.context.term()  # makes zmq.proxy raise ContextTerminated; returns once every socket is closed
+        self._proxy.join(timeout=5)

@@ -1,0 +1,125 @@
+"""Inproc worker: reads requests from the proxy's backend, hands them to the pipeline, sends the replies.
+
+A worker never blocks on inference: replies finished on decoder or batcher threads are queued in its
+outbox and it is woken through a pipe, because a ZeroMQ socket may only be used by the thread that owns it.
+So a couple of workers keep any number of requests in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from services import protocol
+from services.model.metrics import ServerMetrics
+from services.model.pipeline import Pipeline
+from services.protocol import Reply, Status
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100  # how often an idle worker checks its stop flag
+MAX_FRAMES = 16  # a request has 4 after the envelope; more is garbage
+
+
+class Worker(threading.Thread):
+    """One DEALER on the inproc backend; socket I/O only, so two or three are plenty."""
+
+    def __init__(
+        self, index: int, context: zmq.Context, backend: str, pipeline: Pipeline, metrics: ServerMetrics
+    ) -> None:
+        super().__init__(name=f"worker-{index}", daemon=True)
+        self._context = context
+        self._backend = backend
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._outbox: queue.SimpleQueue[tuple[list[Any], Reply, float]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _post(self, envelope: list[Any], reply: Reply, received: float) -> None:
+        """Queue a reply from any thread and wake the worker."""
+        self._outbox.put((envelope, reply, received))
+        os.write(self._wake_w, b"\0")
+
+    def run(self) -> None:
+        worker = self._context.socket(zmq.DEALER)
+        worker.linger = 0  # at shutdown everything was answered already; never block context.term()
+        worker.connect(self._backend)
+        poller = zmq.Poller()
+        poller.register(worker, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(POLL_MS))
+                if worker in events:
+                    self._receive(worker)
+                if self._wake_r in events:
+                    self._flush(worker)
+            self._flush(worker)  # replies finished while stopping still go out
+        finally:
+            worker.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _receive(self, worker: zmq.Socket) -> None:
+        for _ in range(64):  # drain what is waiting, but let replies out between bursts
+            try:
+                frames = worker.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle([frame.buffer for frame in frames], worker)
+
+    def _handle(self, frames: list[memoryview], worker: zmq.Socket) -> None:
+        received = time.monotonic()
+        envelope, body = protocol.split_envelope(frames)
+        if not envelope or len(frames) > MAX_FRAMES:
+            self._metrics.malformed.inc()  # nothing to route a reply by, or an obvious flood: drop
+            return
+        try:
+            request = protocol.decode_request(body)
+        except protocol.ProtocolError as exc:
+            self._metrics.malformed.inc()
+            log.info("%s: bad request: %s", self.name, exc)
+            self._send(worker, envelope, Reply(protocol.peek_request_id(body), exc.status, str(exc)), received)
+            return
+        try:
+            reply = self._pipeline.handle(request, received, lambda r: self._post(envelope, r, received))
+        except Exception:
+            log.exception("%s: request %s failed", self.name, request.request_id)
+            reply = Reply(request.request_id, Status.INTERNAL, "internal error")
+        if reply is not None:
+            self._send(worker, envelope, reply, received)
+
+    def _flush(self, worker: zmq.Socket) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                envelope, reply, received = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            self._send(worker, envelope, reply, received)
+
+    def _send(self, worker: zmq.Socket, envelope: list[Any], reply: Reply, received: float) -> None:
+        self._metrics.requests.labels(reply.status.value).inc()
+        self._metrics.request_seconds.observe(time.monotonic() - received)
+        try:
+            frames = protocol.encode_reply(reply)
+            if len(envelope[-1]) == 0:  # the envelope already ends with the client's delimiter
+                frames = frames[1:]
+            worker.send_multipart([*envelope, *frames], copy=False)
+        except zmq.ZMQError as exc:  # the proxy is gone (shutting down): nothing left to answer to
+            log.warning("%s: reply %s not sent: %s", self.name, reply.request_id, exc)

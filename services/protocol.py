@@ -1,0 +1,231 @@
+"""The wire protocol between the web tier and the model server (see docs/protocol.md).
+
+Every message is a multipart ZeroMQ message. After the routing envelope (which a ROUTER adds and a
+DEALER client never sees) come:
+
+    request:  b""  |  VERSION  |  header (JSON)  |  image bytes (raw, never base64; absent for "ping")
+    reply:    b""  |  VERSION  |  reply (JSON)
+
+The empty delimiter frame keeps REQ clients working too. The version frame is checked before any JSON is
+parsed, so a future version can change everything after it. This module is stdlib-only: both tiers import it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+VERSION = b"ZL01"  # bump on any incompatible change of the frames after it
+DELIMITER = b""
+
+OP_CLASSIFY = "classify"
+OP_PING = "ping"  # readiness probe from the web tier: no payload, answers OK with the model name
+OPS = (OP_CLASSIFY, OP_PING)
+
+MAX_HEADER_BYTES = 4096  # a header is ~150 bytes; anything bigger is garbage or an attack
+MAX_TOP_K = 100
+
+
+class Status(StrEnum):
+    """Outcome of a request, carried in every reply."""
+
+    OK = "OK"
+    BAD_IMAGE = "BAD_IMAGE"  # not a decodable JPEG/PNG, truncated, too many pixels, unsupported mode
+    TOO_LARGE = "TOO_LARGE"  # image payload over the server's byte limit
+    OVERLOADED = "OVERLOADED"  # bounded queue full, or the server is draining: try again / elsewhere
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the request's deadline passed before it could be answered
+    BAD_REQUEST = "BAD_REQUEST"  # malformed frames, bad header, unknown version or op
+    INTERNAL = "INTERNAL"  # a bug or a runtime failure on the server
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol; `status` says how to answer it."""
+
+    def __init__(self, message: str, status: Status = Status.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Request:
+    """A classification (or ping) request as the client builds it and the server reads it."""
+
+    request_id: str
+    deadline_ms: int  # absolute, Unix epoch milliseconds: stale requests are refused even after a network cut
+    op: str = OP_CLASSIFY
+    top_k: int = 5
+    image: bytes | memoryview = b""
+
+    def remaining_s(self, now: float | None = None) -> float:
+        """Seconds left before the deadline (negative when it has passed)."""
+        return self.deadline_ms / 1000.0 - (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The server's answer to one request."""
+
+    request_id: str
+    status: Status
+    error: str | None = None
+    predictions: list[Prediction] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)  # queue, preprocess, inference, total
+    batch_size: int = 0
+    model: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def deadline_after_ms(timeout_ms: float) -> int:
+    """An absolute deadline `timeout_ms` from now, in Unix epoch milliseconds."""
+    return int(time.time() * 1000 + timeout_ms)
+
+
+# --- requests -------------------------------------------------------------------------------------------
+
+
+def encode_request(request: Request) -> list[bytes | memoryview]:
+    """Frames for a request, delimiter first (a DEALER client sends exactly these)."""
+    header = {"v": 1, "id": request.request_id, "op": request.op, "deadline_ms": request.deadline_ms}
+    if request.op == OP_CLASSIFY:
+        header["top_k"] = request.top_k
+    frames: list[bytes | memoryview] = [DELIMITER, VERSION, json.dumps(header).encode()]
+    if request.op == OP_CLASSIFY:
+        frames.append(request.image)
+    return frames
+
+
+def split_envelope(frames: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Split a message received on a ROUTER/DEALER backend into (envelope, body).
+
+    The envelope is every frame up to and including the first empty delimiter; it is sent back unchanged.
+    Without a delimiter the first frame (the ROUTER's routing id) is the whole envelope, so even a
+    malformed message can still be answered.
+    """
+    for i, frame in enumerate(frames):
+        if len(frame) == 0:
+            return frames[: i + 1], frames[i + 1 :]
+    return frames[:1], frames[1:]
+
+
+def _parse_json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"{what} is {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte limit")
+    try:
+        value = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return value
+
+
+def _check_version(frame: bytes | memoryview) -> None:
+    if bytes(frame) != VERSION:
+        shown = bytes(frame[:16]).decode("ascii", "replace")
+        raise ProtocolError(f"unsupported protocol version {shown!r}; this server speaks {VERSION.decode()}")
+
+
+def peek_request_id(body: list[Any]) -> str:
+    """Best-effort request id of a (possibly malformed) request body, so error replies can carry it."""
+    try:
+        header = json.loads(bytes(body[1])) if len(body) > 1 and len(body[1]) <= MAX_HEADER_BYTES else {}
+        rid = header.get("id", "") if isinstance(header, dict) else ""
+        return rid if isinstance(rid, str) else ""
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+def decode_request(body: list[Any]) -> Request:
+    """Parse the frames after the envelope into a Request.
+
+    :raise ProtocolError: on anything malformed; the caller answers with `exc.status`.
+    """
+    if len(body) < 2:
+        raise ProtocolError(f"expected version, header and image frames, got {len(body)} frame(s)")
+    _check_version(body[0])
+    header = _parse_json_object(body[1], "header")
+    rid = header.get("id")
+    if not isinstance(rid, str) or not 0 < len(rid) <= 64:
+        raise ProtocolError("header.id must be a non-empty string of at most 64 characters")
+    op = header.get("op", OP_CLASSIFY)
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+    deadline_ms = header.get("deadline_ms")
+    if not isinstance(deadline_ms, int) or isinstance(deadline_ms, bool):
+        raise ProtocolError("header.deadline_ms must be an integer (Unix epoch milliseconds)")
+    top_k = header.get("top_k", 5)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise ProtocolError(f"header.top_k must be an integer from 1 to {MAX_TOP_K}")
+    if op == OP_PING:
+        if len(body) != 2:
+            raise ProtocolError("a ping carries no payload frame")
+        return Request(request_id=rid, deadline_ms=deadline_ms, op=op, top_k=top_k)
+    if len(body) != 3:
+        raise ProtocolError(f"a classify request has exactly 3 frames after the envelope, got {len(body)}")
+    return Request(request_id=rid, deadline_ms=deadline_ms, op=op, top_k=top_k, image=body[2])
+
+
+# --- replies --------------------------------------------------------------------------------------------
+
+
+def encode_reply(reply: Reply) -> list[bytes]:
+    """Frames for a reply (without the envelope, which the server prepends)."""
+    body: dict[str, Any] = {"id": reply.request_id, "status": reply.status.value}
+    if reply.error is not None:
+        body["error"] = reply.error
+    if reply.status is Status.OK:
+        body["predictions"] = [
+            {"label": p.label, "index": p.index, "probability": round(p.probability, 6)}
+            for p in reply.predictions
+        ]
+        body["batch_size"] = reply.batch_size
+        body["model"] = reply.model
+    if reply.timings_ms:
+        body["timings_ms"] = {k: round(v, 3) for k, v in reply.timings_ms.items()}
+    return [DELIMITER, VERSION, json.dumps(body, separators=(",", ":")).encode()]
+
+
+def decode_reply(frames: list[Any]) -> Reply:
+    """Parse a reply as a DEALER client receives it (delimiter, version, JSON).
+
+    :raise ProtocolError: when the server speaks another version or sends garbage.
+    """
+    if len(frames) != 3 or len(frames[0]) != 0:
+        raise ProtocolError(f"expected delimiter, version and reply frames, got {len(frames)} frame(s)")
+    _check_version(frames[1])
+    try:
+        body = json.loads(bytes(frames[2]))
+        status = Status(body["status"])
+        predictions = [
+            Prediction(label=str(p["label"]), index=int(p["index"]), probability=float(p["probability"]))
+            for p in body.get("predictions", [])
+        ]
+        return Reply(
+            request_id=str(body["id"]),
+            status=status,
+            error=body.get("error"),
+            predictions=predictions,
+            timings_ms={str(k): float(v) for k, v in body.get("timings_ms", {}).items()},
+            batch_size=int(body.get("batch_size", 0)),
+            model=str(body.get("model", "")),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ProtocolError(f"malformed reply: {exc!r}") from None

@@ -1,0 +1,173 @@
+"""Timing semantics of the dynamic batcher, pinned with extreme values (as Ray Serve's tests do)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from services.model.batcher import Batcher, BatcherStopped, DeadlineExceeded, QueueFull
+
+
+class Recorder:
+    """A fake model: records batch sizes, doubles its inputs, can be held on a gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.gate.wait(10)
+        self.batches.append(list(items))
+        return [2 * x for x in items]
+
+
+def make(model, **kw) -> Batcher:
+    args = {"max_batch_size": 4, "max_batch_delay_ms": 50, "max_queue_size": 100} | kw
+    return Batcher(model, **args).start()
+
+
+def test_batch_of_one_answers_at_once_despite_a_huge_delay():
+    model = Recorder()
+    b = make(model, max_batch_size=1, max_batch_delay_ms=1_000_000)
+    assert b.submit(21).result(timeout=5).output == 42
+    b.stop()
+
+
+def test_full_batch_closes_before_timeout():
+    model = Recorder()
+    b = make(model, max_batch_size=3, max_batch_delay_ms=1_000_000)
+    futures = [b.submit(i) for i in range(3)]
+    assert [f.result(timeout=5).output for f in futures] == [0, 2, 4]
+    assert model.batches == [[0, 1, 2]]
+    assert all(f.result().batch_size == 3 for f in futures)
+    b.stop()
+
+
+def test_partial_batch_waits_for_a_third_item():
+    model = Recorder()
+    b = make(model, max_batch_size=3, max_batch_delay_ms=1_000_000)
+    first = [b.submit(i) for i in range(2)]
+    time.sleep(0.1)
+    assert not any(f.done() for f in first)  # two items must not finish until a third fills the batch
+    third = b.submit(2)
+    assert third.result(timeout=5).batch_size == 3
+    b.stop()
+
+
+def test_batch_closes_after_delay():
+    model = Recorder()
+    b = make(model, max_batch_size=100, max_batch_delay_ms=30)
+    futures = [b.submit(i) for i in range(5)]
+    results = [f.result(timeout=5) for f in futures]
+    assert model.batches == [[0, 1, 2, 3, 4]]
+    assert all(r.queue_s >= 0.02 for r in results)
+    b.stop()
+
+
+def test_zero_delay_still_batches_items_already_waiting():
+    model = Recorder()
+    model.gate.clear()  # hold the model so items pile up behind the first batch
+    b = make(model, max_batch_size=8, max_batch_delay_ms=0)
+    first = b.submit(0)
+    time.sleep(0.05)
+    rest = [b.submit(i) for i in range(1, 6)]
+    model.gate.set()
+    assert first.result(timeout=5).batch_size == 1
+    assert [f.result(timeout=5).output for f in rest] == [2, 4, 6, 8, 10]
+    assert model.batches == [[0], [1, 2, 3, 4, 5]]
+    b.stop()
+
+
+def test_replies_go_to_the_right_caller_across_threads():
+    model = Recorder()
+    b = make(model, max_batch_size=8, max_batch_delay_ms=5)
+    results: dict[int, int] = {}
+
+    def call(i: int) -> None:
+        results[i] = b.submit(i).result(timeout=10).output
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: 2 * i for i in range(64)}
+    assert max(len(batch) for batch in model.batches) > 1
+    b.stop()
+
+
+def test_bounded_queue_refuses_at_once():
+    model = Recorder()
+    model.gate.clear()
+    b = make(model, max_batch_size=1, max_batch_delay_ms=0, max_queue_size=2)
+    running = b.submit(0)
+    time.sleep(0.05)  # the first item is inside the model now
+    b.submit(1)
+    b.submit(2)
+    with pytest.raises(QueueFull):
+        b.submit(3)
+    model.gate.set()
+    assert running.result(timeout=5).output == 0
+    b.stop()
+
+
+def test_expired_items_never_reach_the_model():
+    model = Recorder()
+    b = make(model, max_batch_size=4, max_batch_delay_ms=20)
+    expired = b.submit(1, deadline=time.monotonic() - 1)
+    live = b.submit(2, deadline=time.monotonic() + 10)
+    with pytest.raises(DeadlineExceeded):
+        expired.result(timeout=5)
+    assert live.result(timeout=5).output == 4
+    assert model.batches == [[2]]
+    b.stop()
+
+
+def test_model_error_fails_every_item_in_the_batch_and_the_batcher_survives():
+    calls = []
+
+    def flaky(items):
+        calls.append(items)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return items
+
+    b = make(flaky, max_batch_size=2, max_batch_delay_ms=1_000_000)
+    futures = [b.submit(i) for i in range(2)]
+    for f in futures:
+        with pytest.raises(RuntimeError, match="boom"):
+            f.result(timeout=5)
+    again = [b.submit(i) for i in (7, 8)]
+    assert [f.result(timeout=5).output for f in again] == [7, 8]
+    b.stop()
+
+
+def test_wrong_number_of_outputs_is_an_error():
+    b = make(lambda items: items[:-1], max_batch_size=2, max_batch_delay_ms=1_000_000)
+    futures = [b.submit(i) for i in range(2)]
+    with pytest.raises(RuntimeError, match="returned 1 outputs for 2 inputs"):
+        futures[0].result(timeout=5)
+    b.stop()
+
+
+def test_stop_runs_what_is_queued_then_refuses():
+    model = Recorder()
+    b = make(model, max_batch_size=10, max_batch_delay_ms=1_000_000)
+    pending = [b.submit(i) for i in range(3)]
+    b.stop(timeout=5)
+    assert [f.result(timeout=1).output for f in pending] == [0, 2, 4]
+    with pytest.raises(BatcherStopped):
+        b.submit(9)
+    assert not b.is_alive()
+
+
+@pytest.mark.parametrize(
+    "kw", [{"max_batch_size": 0}, {"max_batch_delay_ms": -1}, {"max_queue_size": 0}], ids=str
+)
+def test_bad_arguments_fail_in_the_constructor(kw):
+    args = {"max_batch_size": 4, "max_batch_delay_ms": 1, "max_queue_size": 10} | kw
+    with pytest.raises(ValueError):
+        Batcher(lambda items: items, **args)
