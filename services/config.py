@@ -86,7 +86,7 @@ _CHOICES = {
     "preprocessing": ("raw", "tf", "torch", "caffe"),
 }
 _POSITIVE = {
-    "port", "health_port", "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",
+    "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",
     "ready_timeout_ms", "heartbeat_ivl_ms", "top_k", "input_size", "inference_threads", "max_batch_size",
     "max_queue_size", "workers", "decode_threads", "resolve_interval_s",
 }  # fmt: skip
@@ -139,6 +139,9 @@ def _validate(cfg: WebConfig | ModelConfig) -> None:
         if value is not None and value <= 0:
             raise ConfigError(f"{key} = {value!r}: must be greater than 0")
     if isinstance(cfg, ModelConfig):
+        for key in ("port", "health_port"):  # 0 means any free port (tests)
+            if not 0 <= getattr(cfg, key) <= 65535:
+                raise ConfigError(f"{key} = {getattr(cfg, key)}: must be a TCP port (0-65535)")
         if cfg.max_batch_delay_ms < 0:
             raise ConfigError(f"max_batch_delay_ms = {cfg.max_batch_delay_ms}: must be 0 or more")
         if not 0 < cfg.crop_fraction <= 1:

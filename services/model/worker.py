@@ -41,10 +41,10 @@ class Worker(threading.Thread):
         self._outbox: queue.SimpleQueue[tuple[list[Any], Reply, float]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def _post(self, envelope: list[Any], reply: Reply, received: float) -> None:
         """Queue a reply from any thread and wake the worker."""
@@ -59,7 +59,7 @@ class Worker(threading.Thread):
         poller.register(worker, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         try:
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 events = dict(poller.poll(POLL_MS))
                 if worker in events:
                     self._receive(worker)
