@@ -167,7 +167,9 @@ def _read_legacy(path: Path) -> tuple[Any, dict[str, _Storage]]:
             storage = storages[key]
             count = int.from_bytes(fh.read(8), "little", signed=True)
             if count != storage.numel:
-                raise CheckpointError(f"{path}: storage {key} holds {count} elements, expected {storage.numel}")
+                raise CheckpointError(
+                    f"{path}: storage {key} holds {count} elements, expected {storage.numel}"
+                )
             raw = fh.read(count * storage.dtype.itemsize)
             if len(raw) != count * storage.dtype.itemsize:
                 raise CheckpointError(f"{path}: truncated at storage {key}")
@@ -186,7 +188,7 @@ def _materialise(name: str, ref: _TensorRef) -> np.ndarray:
     view = np.lib.stride_tricks.as_strided(
         data[ref.offset :], shape=ref.size, strides=[s * data.itemsize for s in ref.stride], writeable=False
     )
-    return np.ascontiguousarray(view, dtype=data.dtype.newbyteorder("="))  # a copy: owned, native order
+    return np.array(view, dtype=data.dtype.newbyteorder("="), order="C", copy=True)  # owned, native order
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -208,4 +210,3 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: entry {name!r:.80} is not a named tensor")
         out[name] = _materialise(name, ref)
     return out
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
@@ -46,8 +46,8 @@ def _mbconv(
         x = _bn_relu6(x, f"{name}_expand")
     # TF-style "same" (stride 2 on an even size pads 0 before, 1 after), as in TensorFlow where these weights
     # were trained and in the PyTorch port's static-same-padding convs. Checked against torch-style symmetric
-    # padding (ZeroPadding2D + "valid"): that lowers confidence, e.g. espresso 0.949 → 0.930, daisy 0.36 → 0.18.
-    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
+    # padding (ZeroPadding2D + "valid"): that lowers confidence, e.g. espresso 0.949 → 0.930, daisy 0.36→0.18.
+    x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
     x = _bn_relu6(x, f"{name}_dw")
     x = _conv(x, c_out, 1, 1, f"{name}_project_conv")
     x = _bn_relu6(x, f"{name}_project", activation=False)
@@ -97,7 +97,7 @@ def torch_prefix(layer_name: str) -> str:
     raise KeyError(f"no torch module for Keras layer {layer_name!r}")
 
 
-def _torch_to_keras(layer: layers.Layer, take: callable) -> list[np.ndarray]:
+def _torch_to_keras(layer: layers.Layer, take: Callable[[str], np.ndarray]) -> list[np.ndarray]:
     """The layer's weights in Keras order and layout, taken from the torch tensors."""
     if isinstance(layer, layers.BatchNormalization):
         take("num_batches_tracked")  # a training counter: nothing in Keras holds it
@@ -122,10 +122,10 @@ def load_torch_weights(model: keras.Model, state_dict: Mapping[str, np.ndarray])
             continue
         prefix = torch_prefix(layer.name)
 
-        def take(attr: str, prefix: str = prefix) -> np.ndarray:
+        def take(attr: str, prefix: str = prefix, owner: str = layer.name) -> np.ndarray:
             key = f"{prefix}.{attr}"
             if key not in state_dict:
-                raise ValueError(f"checkpoint lacks {key} (for Keras layer {layer.name})")
+                raise ValueError(f"checkpoint lacks {key} (for Keras layer {owner})")
             if key in used:
                 raise ValueError(f"checkpoint tensor {key} would be assigned twice")
             used.add(key)
@@ -134,8 +134,8 @@ def load_torch_weights(model: keras.Model, state_dict: Mapping[str, np.ndarray])
         values = _torch_to_keras(layer, take)
         for variable, value in zip(layer.weights, values, strict=True):
             if tuple(variable.shape) != value.shape:
-                raise ValueError(f"{layer.name}: {variable.path} is {tuple(variable.shape)}, got {value.shape}")
-        layer.set_weights([v.astype(np.float32) for v in values])
+                raise ValueError(f"{variable.path} is {tuple(variable.shape)}, the tensor {value.shape}")
+            variable.assign(value.astype(np.float32))  # set_weights would read every old value back first
     unused = sorted(set(state_dict) - used)
     if unused:
         raise ValueError(f"{len(unused)} checkpoint tensors were not used, e.g. {unused[:5]}")

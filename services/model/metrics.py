@@ -25,7 +25,10 @@ class ServerMetrics:
             "zerolens_model_malformed_messages", "Messages that did not follow the protocol", registry=r
         )
         self.request_seconds = Histogram(
-            "zerolens_model_request_seconds", "Receipt to reply, per request", buckets=_LATENCY_BUCKETS, registry=r
+            "zerolens_model_request_seconds",
+            "Receipt to reply, per request",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_seconds = Histogram(
             "zerolens_model_queue_seconds",
@@ -34,15 +37,23 @@ class ServerMetrics:
             registry=r,
         )
         self.preprocess_seconds = Histogram(
-            "zerolens_model_preprocess_seconds", "Decode + resize per image", buckets=_LATENCY_BUCKETS, registry=r
+            "zerolens_model_preprocess_seconds",
+            "Decode + resize per image",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "zerolens_model_inference_seconds", "One model call per batch", buckets=_LATENCY_BUCKETS, registry=r
+            "zerolens_model_inference_seconds",
+            "One model call per batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
             "zerolens_model_batch_size", "Images per model call", buckets=_BATCH_BUCKETS, registry=r
         )
-        self.in_flight = Gauge("zerolens_model_in_flight", "Requests admitted and not yet answered", registry=r)
+        self.in_flight = Gauge(
+            "zerolens_model_in_flight", "Requests admitted and not yet answered", registry=r
+        )
         self.ready = Gauge("zerolens_model_ready", "1 when the model is warm and the workers run", registry=r)
 
     def observe_batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None:

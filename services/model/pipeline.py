@@ -101,10 +101,14 @@ class Pipeline:
             return Reply(rid, Status.DEADLINE_EXCEEDED, "deadline passed before the request arrived")
         if len(request.image) > self._cfg.max_upload_bytes:
             return Reply(
-                rid, Status.TOO_LARGE, f"image is {len(request.image)} bytes; limit {self._cfg.max_upload_bytes}"
+                rid,
+                Status.TOO_LARGE,
+                f"image is {len(request.image)} bytes; limit {self._cfg.max_upload_bytes}",
             )
         if not self._admit():
-            return Reply(rid, Status.OVERLOADED, f"queue full ({self._cfg.max_queue_size} requests in flight)")
+            return Reply(
+                rid, Status.OVERLOADED, f"queue full ({self._cfg.max_queue_size} requests in flight)"
+            )
         deadline = received + remaining_s
 
         def finish(reply: Reply) -> None:
@@ -146,7 +150,9 @@ class Pipeline:
             log.exception("request %s: decoding failed", rid)
             return finish(Reply(rid, Status.INTERNAL, "decoding failed"))
         waited_s = decode_start - received
-        batching.add_done_callback(lambda f: self._inferred(f, request, received, waited_s, preprocess_s, finish))
+        batching.add_done_callback(
+            lambda f: self._inferred(f, request, received, waited_s, preprocess_s, finish)
+        )
 
     def _inferred(
         self,

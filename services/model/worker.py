@@ -90,7 +90,9 @@ class Worker(threading.Thread):
         except protocol.ProtocolError as exc:
             self._metrics.malformed.inc()
             log.info("%s: bad request: %s", self.name, exc)
-            self._send(worker, envelope, Reply(protocol.peek_request_id(body), exc.status, str(exc)), received)
+            self._send(
+                worker, envelope, Reply(protocol.peek_request_id(body), exc.status, str(exc)), received
+            )
             return
         try:
             reply = self._pipeline.handle(request, received, lambda r: self._post(envelope, r, received))

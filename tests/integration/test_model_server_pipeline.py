@@ -128,7 +128,11 @@ def test_bad_images_fail_alone(make_server, ctx):
     server = make_server()
     client = Client(ctx, server.port)
     truncated = grey_jpeg(100, size=800)[:500]
-    for data, status in [(b"hello", Status.BAD_IMAGE), (truncated, Status.BAD_IMAGE), (b"", Status.BAD_IMAGE)]:
+    for data, status in [
+        (b"hello", Status.BAD_IMAGE),
+        (truncated, Status.BAD_IMAGE),
+        (b"", Status.BAD_IMAGE),
+    ]:
         reply = client.call(data)
         assert reply.status is status and reply.error
     assert client.call(grey_jpeg(10)).status is Status.OK
@@ -199,13 +203,17 @@ def test_deadlines_are_checked_on_arrival_and_before_inference(make_server, ctx,
 def test_ping_answers_with_the_model_name(make_server, ctx):
     server = make_server()
     client = Client(ctx, server.port)
-    client.sock.send_multipart(protocol.encode_request(Request("p1", protocol.deadline_after_ms(1000), op="ping")))
+    client.sock.send_multipart(
+        protocol.encode_request(Request("p1", protocol.deadline_after_ms(1000), op="ping"))
+    )
     reply = client.recv()
     assert reply.status is Status.OK and reply.model == "fake"
 
 
 def test_drain_finishes_in_flight_work_and_refuses_new(ctx, fake_runtime):
-    cfg = config.load(ModelConfig, overrides={"host": "127.0.0.1", "port": 0, "max_batch_size": 1}, environ={})
+    cfg = config.load(
+        ModelConfig, overrides={"host": "127.0.0.1", "port": 0, "max_batch_size": 1}, environ={}
+    )
     server = ModelServer(cfg, fake_runtime, ServerMetrics()).start()
     fake_runtime.gate.clear()
     inflight = Client(ctx, server.port)

@@ -11,7 +11,12 @@ from services.protocol import Prediction, ProtocolError, Reply, Request, Status
 
 
 def request(**kw) -> Request:
-    args = {"request_id": "abc123", "deadline_ms": protocol.deadline_after_ms(5000), "top_k": 3, "image": b"\xff\xd8"}
+    args = {
+        "request_id": "abc123",
+        "deadline_ms": protocol.deadline_after_ms(5000),
+        "top_k": 3,
+        "image": b"\xff\xd8",
+    }
     return Request(**(args | kw))
 
 

@@ -1,0 +1,243 @@
+"""Inference runtimes (TFLite or Keras): a uint8 image batch in, class probabilities out.
+
+This and export.py are the only modules that import TensorFlow or LiteRT, and they do so inside functions:
+the tflite path needs only ai-edge-litert (fast to import), never TensorFlow (seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+
+
+class Runtime(Protocol):
+    name: str
+    input_size: int
+    labels: list[str]
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 → (N, classes) float32 probabilities, rows in input order."""
+        ...
+
+
+class ModelError(RuntimeError):
+    """Model artifacts missing or inconsistent with the configuration, or model output of the wrong shape."""
+
+
+def preprocess_into(images: np.ndarray, mode: str, out: np.ndarray) -> None:
+    """Write `images` (uint8 RGB) normalised per `mode` into the float32 array `out`, without temporaries."""
+    np.copyto(out, images[..., ::-1] if mode == "caffe" else images, casting="unsafe")  # one cast pass
+    if mode == "tf":  # [-1, 1]
+        out *= 1 / 127.5
+        out -= 1.0
+    elif mode == "torch":  # ImageNet mean/std on [0, 1]
+        out *= 1 / 255
+        out -= _IMAGENET_MEAN
+        out /= _IMAGENET_STD
+    elif mode == "caffe":  # BGR minus the ImageNet channel means
+        out -= _CAFFE_MEAN_BGR
+    elif mode != "raw":
+        raise ValueError(f"unknown preprocessing {mode!r}")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _is_probabilities(out: np.ndarray) -> bool:
+    return bool((out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+
+def open_interpreter(path: str | Path, threads: int, batch: int) -> Any:
+    """A TFLite interpreter for `path`, resized to `batch` and allocated (LiteRT, else TensorFlow's)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - the model extra installs ai-edge-litert
+        from tensorflow.lite.python.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    shape = list(interpreter.get_input_details()[0]["shape"])
+    interpreter.resize_tensor_input(
+        interpreter.get_input_details()[0]["index"], [batch, *shape[1:]], strict=True
+    )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+class TFLiteRuntime:
+    """One interpreter per allowed batch size, allocated once; a batch is zero-padded up to the next size.
+
+    Invoke releases the GIL (measured on 2 cores: a pure-Python counting thread kept 77 % of its solo speed
+    while batches of 16 ran beside it, the rest lost to CPU contention), so decoding overlaps inference.
+    """
+
+    def __init__(self, name: str, path: Path, labels: list[str], cfg: ModelConfig) -> None:
+        self.name, self.labels, self._mode = name, labels, cfg.preprocessing
+        self._sizes = cfg.batch_sizes()
+        self._interpreters = {n: open_interpreter(path, cfg.inference_threads, n) for n in self._sizes}
+        self._lock = threading.Lock()  # an interpreter is not thread-safe
+        details = self._interpreters[1 if 1 in self._sizes else self._sizes[0]].get_input_details()[0]
+        self.input_size = int(details["shape"][1])
+        self._softmax = False
+        self._softmax = not _is_probabilities(
+            self.predict_batch(np.zeros((1, *details["shape"][1:]), np.uint8))
+        )
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        size = next(s for s in self._sizes if s >= n)
+        interpreter = self._interpreters[size]
+        buffer = interpreter.tensor(interpreter.get_input_details()[0]["index"])()  # a view of the input
+        preprocess_into(images, self._mode, buffer[:n])
+        buffer[n:] = 0
+        del buffer  # invoke refuses to run while a view of its buffers is alive
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:n]  # a copy
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        _check_input(images, self.input_size)
+        step = self._sizes[-1]  # a batch over the largest size runs in chunks
+        with self._lock:
+            chunks = [self._run(images[i : i + step]) for i in range(0, len(images), step)]
+        out = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
+        return _checked(_softmax(out) if self._softmax else out, len(images), self.labels)
+
+
+class KerasRuntime:
+    """The Keras model behind one traced function with a dynamic batch (model.predict costs 60–100 ms)."""
+
+    def __init__(self, name: str, model: Any, labels: list[str], cfg: ModelConfig) -> None:
+        import keras
+
+        self.name, self.labels, self._mode = name, labels, cfg.preprocessing
+        self.input_size = int(model.input_shape[1])
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
+            forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+            self._forward: Callable[[np.ndarray], Any] = lambda x: forward(x).numpy()
+        else:  # jax/torch backends (e.g. a GPU host without TensorFlow): eager call, no tf.function
+            self._forward = lambda x: keras.ops.convert_to_numpy(model(x, training=False))
+        self._softmax = False
+        self._softmax = not _is_probabilities(
+            self.predict_batch(np.zeros((1, *model.input_shape[1:]), np.uint8))
+        )
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        _check_input(images, self.input_size)
+        if len(images) == 0:  # TensorFlow's BatchNorm rejects an empty batch
+            return np.zeros((0, len(self.labels)), np.float32)
+        x = np.empty(images.shape, np.float32)
+        preprocess_into(images, self._mode, x)
+        out = np.asarray(self._forward(x), np.float32)
+        return _checked(_softmax(out) if self._softmax else out, len(images), self.labels)
+
+
+def _check_input(images: np.ndarray, size: int) -> None:
+    if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"expected (N, {size}, {size}, 3) uint8 images, got {images.shape} {images.dtype}")
+
+
+def _checked(out: np.ndarray, n: int, labels: list[str]) -> np.ndarray:
+    if out.shape != (n, len(labels)):
+        raise ModelError(f"model output shape {out.shape}, expected {(n, len(labels))}")
+    return out
+
+
+def _enable_gpu_memory_growth() -> None:
+    """Allocate GPU memory as needed, not all of it at start; must run before TF initialises the devices."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as exc:  # devices already initialised by someone else
+            log.warning("cannot enable memory growth on %s: %s", gpu.name, exc)
+    log.info("TensorFlow sees %d GPU(s)", len(tf.config.list_physical_devices("GPU")))
+
+
+def _read_manifest(directory: Path, cfg: ModelConfig, model_file: str) -> tuple[str, list[str]]:
+    """Check the artifacts against the configuration; return the model name and labels."""
+    from services.model.export import sha256_file  # stdlib-only at import time
+
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        labels = json.loads((directory / "labels.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"no usable model in {directory} ({exc}); build it with `make model`") from None
+    for key in ("input_size", "preprocessing"):
+        if manifest.get(key) != getattr(cfg, key):
+            raise ModelError(
+                f"{directory} was built for {key}={manifest.get(key)!r}, config has {getattr(cfg, key)!r}"
+            )
+    if sha256_file(directory / model_file) != manifest.get("files", {}).get(model_file):
+        raise ModelError(f"{directory / model_file} does not match its manifest: rebuild with `make model`")
+    if manifest.get("name") != cfg.model_name:
+        log.warning("model_name %r, but %s holds %r", cfg.model_name, directory, manifest.get("name"))
+    return cfg.model_name, labels
+
+
+def load_runtime(cfg: ModelConfig) -> Runtime:
+    """The runtime that cfg.model_runtime names, loaded from cfg.model_dir (or cfg.keras_application).
+
+    :raise ModelError: missing or mismatched artifacts, or output of the wrong shape.
+    """
+    started = time.perf_counter()
+    directory = Path(cfg.model_dir)
+    if cfg.model_runtime == "tflite":
+        if cfg.keras_application:
+            raise ModelError("keras_application needs model_runtime=keras (or export it to a model_dir)")
+        name, labels = _read_manifest(directory, cfg, "model.tflite")
+        runtime: Runtime = TFLiteRuntime(name, directory / "model.tflite", labels, cfg)
+    elif cfg.model_runtime == "keras":
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            _enable_gpu_memory_growth()  # before Keras (or anything) can initialise the GPUs
+        import keras
+
+        if cfg.keras_application:
+            from services.model.export import APPLICATION_PREPROCESSING, imagenet_labels
+
+            expected = APPLICATION_PREPROCESSING.get(cfg.keras_application)
+            if expected is None:
+                raise ModelError(f"unknown keras_application {cfg.keras_application!r}")
+            if expected != cfg.preprocessing:
+                raise ModelError(
+                    f"{cfg.keras_application} needs preprocessing={expected!r}, not {cfg.preprocessing!r}"
+                )
+            model = getattr(keras.applications, cfg.keras_application)(weights="imagenet")
+            name, labels = cfg.keras_application.lower(), imagenet_labels()
+        else:
+            name, labels = _read_manifest(directory, cfg, "model.keras")
+            model = keras.saving.load_model(directory / "model.keras", compile=False)
+        runtime = KerasRuntime(name, model, labels, cfg)
+    else:
+        raise ModelError(f"unknown model_runtime {cfg.model_runtime!r}")
+    if runtime.input_size != cfg.input_size:
+        raise ModelError(f"the model takes {runtime.input_size} px images, config says {cfg.input_size}")
+    log.info("loaded %s (%s) in %.2f s", runtime.name, cfg.model_runtime, time.perf_counter() - started)
+    return runtime
+
+
+def warm_up(runtime: Runtime, sizes: Iterable[int]) -> None:
+    """Run every allowed batch size once, so the first real requests pay no allocation or tracing cost."""
+    for n in sizes:
+        started = time.perf_counter()
+        runtime.predict_batch(np.zeros((n, runtime.input_size, runtime.input_size, 3), np.uint8))
+        log.info("warm-up batch %d: %.1f ms", n, (time.perf_counter() - started) * 1000)

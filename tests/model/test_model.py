@@ -1,0 +1,188 @@
+"""The converted EfficientNet-Lite0 on real photos, through both runtimes, plus the exporter's guarantees."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services import config, imaging
+from services.model import export
+from services.model.runtime import ModelError, Runtime, load_runtime, preprocess_into, warm_up
+
+CATS = {"tabby", "tiger cat", "Egyptian cat"}
+
+
+def jpeg(photo: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def model_input(photo: np.ndarray) -> np.ndarray:
+    """Exactly what the model server feeds the runtime: decoded JPEG bytes, centre crop, 224 px."""
+    return np.asarray(imaging.load_rgb(jpeg(photo), 224, 0.875, 50_000_000))
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    raw = {"chelsea": data.chelsea(), "coffee": data.coffee(), "china": load_sample_image("china.jpg")}
+    return {name: model_input(photo) for name, photo in raw.items()}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("models") / "efficientnet_lite0"
+    export.export(out, runtime_check=True)  # a few seconds
+    return str(out)
+
+
+def make_config(model_dir: str, **overrides: object) -> config.ModelConfig:
+    return config.load(config.ModelConfig, {"model_dir": model_dir, **overrides}, environ={})
+
+
+@pytest.fixture(scope="session", params=["tflite", "keras"])
+def runtime(request: pytest.FixtureRequest, model_dir: str) -> Runtime:
+    cfg = make_config(model_dir, model_runtime=request.param, max_batch_size=4, allowed_batch_sizes="1,2,4")
+    rt = load_runtime(cfg)
+    warm_up(rt, cfg.batch_sizes())
+    return rt
+
+
+def top(rt: Runtime, image: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+    probs = rt.predict_batch(image[None])[0]
+    return [(rt.labels[i], float(probs[i])) for i in np.argsort(probs)[::-1][:k]]
+
+
+def test_labels_are_in_keras_order(runtime: Runtime) -> None:
+    assert len(runtime.labels) == 1000
+    assert (runtime.labels[281], runtime.labels[282], runtime.labels[967]) == (
+        "tabby",
+        "tiger cat",
+        "espresso",
+    )
+
+
+def test_chelsea_is_a_cat(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
+    assert {label for label, _ in top(runtime, photos["chelsea"])} & CATS
+
+
+def test_coffee_is_espresso(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
+    label, p = top(runtime, photos["coffee"])[0]
+    assert label == "espresso" and p > 0.8
+
+
+def test_china_is_a_palace(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
+    assert top(runtime, photos["china"])[0][0] == "palace"
+
+
+def test_output_is_probabilities(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
+    out = runtime.predict_batch(np.stack(list(photos.values())))
+    assert out.shape == (3, 1000) and out.dtype == np.float32
+    assert (out >= 0).all()
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [3, 5])  # 3 pads up to 4; 5 runs as 4 + 1
+def test_a_batch_equals_singles(runtime: Runtime, photos: dict[str, np.ndarray], n: int) -> None:
+    images = np.stack([*photos.values(), photos["coffee"][::-1], photos["china"][:, ::-1]][:n])
+    batch = runtime.predict_batch(images)
+    singles = np.concatenate([runtime.predict_batch(image[None]) for image in images])
+    np.testing.assert_allclose(batch, singles, atol=1e-5)
+
+
+def test_an_empty_batch_and_a_wrong_shape(runtime: Runtime) -> None:
+    assert runtime.predict_batch(np.zeros((0, 224, 224, 3), np.uint8)).shape == (0, 1000)
+    with pytest.raises(ValueError, match="uint8"):
+        runtime.predict_batch(np.zeros((1, 200, 200, 3), np.uint8))
+
+
+def test_tflite_and_keras_agree(model_dir: str, photos: dict[str, np.ndarray]) -> None:
+    images = np.stack(list(photos.values()))
+    outs = [
+        load_runtime(make_config(model_dir, model_runtime=r)).predict_batch(images)
+        for r in ("tflite", "keras")
+    ]
+    assert np.abs(outs[0] - outs[1]).max() < 1e-4
+
+
+def test_config_that_contradicts_the_manifest_is_refused(model_dir: str) -> None:
+    with pytest.raises(ModelError, match="preprocessing"):
+        load_runtime(make_config(model_dir, preprocessing="tf"))
+
+
+def test_export_is_idempotent(model_dir: str) -> None:
+    before = {p: os.stat(os.path.join(model_dir, p)).st_mtime_ns for p in os.listdir(model_dir)}
+    manifest = export.export(model_dir)
+    assert manifest["files"].keys() == {"model.keras", "model.tflite", "labels.json"}
+    assert manifest["input_size"] == 224 and manifest["preprocessing"] == "raw"
+    after = {p: os.stat(os.path.join(model_dir, p)).st_mtime_ns for p in os.listdir(model_dir)}
+    assert {p: t for p, t in after.items() if p != "manifest.json"} == {
+        p: t for p, t in before.items() if p != "manifest.json"
+    }
+
+
+def test_export_rebuilds_a_damaged_directory(model_dir: str, tmp_path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(model_dir, out)
+    (out / "labels.json").write_text("[]")
+    export.export(out)
+    assert len(json.loads((out / "labels.json").read_text())) == 1000
+
+
+def test_export_rejects_a_checkpoint_with_the_wrong_sha256(tmp_path) -> None:
+    fake = tmp_path / "efficientnet-lite0.pth"
+    fake.write_bytes(b"PK\x03\x04 not the pinned weights")
+    with pytest.raises(export.ExportError, match="does not match the pinned"):
+        export.export(tmp_path / "out", source=fake)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [fake.name]  # no half-built temporary left behind
+
+
+@pytest.mark.parametrize("mode", ["raw", "tf", "torch", "caffe"])
+def test_preprocessing_modes(mode: str) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    x = images.astype(np.float64)
+    expected = {
+        "raw": x,
+        "tf": x / 127.5 - 1,
+        "torch": (x / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+        "caffe": x[..., ::-1] - [103.939, 116.779, 123.68],
+    }[mode]
+    out = np.empty(images.shape, np.float32)
+    preprocess_into(images, mode, out)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_tflite_path_never_imports_tensorflow(model_dir: str) -> None:
+    code = (
+        "import sys; from services import config; from services.model.runtime import load_runtime; "
+        f"load_runtime(config.load(config.ModelConfig, {{'model_dir': {model_dir!r}}}, environ={{}})); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_every_checkpoint_tensor_is_used_exactly_once() -> None:
+    from services.model import efficientnet_lite
+    from services.model.checkpoint import read_state_dict
+
+    state = read_state_dict(export.default_checkpoint())
+    model = efficientnet_lite.build_model()
+    with pytest.raises(ValueError, match="lacks _fc.bias"):
+        efficientnet_lite.load_torch_weights(model, {k: v for k, v in state.items() if k != "_fc.bias"})
+    with pytest.raises(ValueError, match="1 checkpoint tensors were not used"):
+        efficientnet_lite.load_torch_weights(model, {**state, "_blocks.16._bn0.weight": state["_bn0.weight"]})
+    efficientnet_lite.load_torch_weights(model, state)
