@@ -149,7 +149,9 @@ def _validate(cfg: WebConfig | ModelConfig) -> None:
         try:
             cfg.batch_sizes()
         except ValueError:
-            raise ConfigError(f"allowed_batch_sizes = {cfg.allowed_batch_sizes!r}: integers, comma-separated")
+            raise ConfigError(
+                f"allowed_batch_sizes = {cfg.allowed_batch_sizes!r}: integers, comma-separated"
+            ) from None
     if isinstance(cfg, WebConfig) and cfg.attempt_timeout_ms > cfg.request_timeout_ms:
         raise ConfigError("attempt_timeout_ms must not exceed request_timeout_ms")
 

@@ -39,7 +39,7 @@ _TRANSPOSE = {
 
 
 class ImageError(ValueError):
-    """An upload that cannot be classified; `unsupported` marks a wrong type (HTTP 415) vs a bad image (400)."""
+    """An upload that cannot be classified; `unsupported`: a wrong type (HTTP 415), not a bad image (400)."""
 
     def __init__(self, message: str, unsupported: bool = False) -> None:
         super().__init__(message)
@@ -78,7 +78,9 @@ def _open(data: bytes | memoryview, max_pixels: int) -> Image.Image:
         raise ImageError(f"cannot read {fmt} image: {exc}") from None
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageError(f"image is {width}×{height} = {width * height:,} pixels, over the {max_pixels:,} limit")
+        raise ImageError(
+            f"image is {width}×{height} = {width * height:,} pixels, over the {max_pixels:,} limit"
+        )
     if width < 1 or height < 1:
         raise ImageError("image has no pixels")
     if img.mode not in _CONVERTIBLE:

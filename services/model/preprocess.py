@@ -8,7 +8,7 @@ from services import imaging
 
 
 def decode_image(data: bytes | memoryview, size: int, crop_fraction: float, max_pixels: int) -> np.ndarray:
-    """Decode, centre-crop and resize one photo; uint8 keeps the batch small (normalising is the runtime's job).
+    """Decode, centre-crop and resize one photo to uint8 (normalising is the runtime's job).
 
     :raise imaging.ImageError: for anything that is not a readable JPEG/PNG within the limits.
     """

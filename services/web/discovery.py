@@ -140,7 +140,9 @@ class Endpoints:
         try:
             found = resolve(self.targets, self._resolver)
         except OSError as exc:
-            log.warning("cannot resolve model servers %s: %s; keeping %s", self.spec, exc, sorted(self._current))
+            log.warning(
+                "cannot resolve model servers %s: %s; keeping %s", self.spec, exc, sorted(self._current)
+            )
             return self._current
         if not found:
             log.warning("model servers %s resolved to nothing; keeping %s", self.spec, sorted(self._current))

@@ -2,7 +2,8 @@
 
 prometheus-client picks its value storage when it is first imported: with PROMETHEUS_MULTIPROC_DIR set
 (gunicorn.conf.py sets it in the master before any worker imports this module) every worker writes its
-samples to files there and /metrics sums them; without it (the Flask test client) the default registry is used.
+samples to files there and /metrics sums them; without it (e.g. the Flask test client) the default registry
+is used.
 """
 
 from __future__ import annotations

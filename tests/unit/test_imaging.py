@@ -1,4 +1,4 @@
-"""Untrusted uploads through services.imaging: accepted variants decode right, bad ones are refused clearly."""
+"""Untrusted uploads through services.imaging: good variants decode right, bad ones are refused clearly."""
 
 from __future__ import annotations
 
