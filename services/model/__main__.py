@@ -62,15 +62,17 @@ def main() -> int:
         health.stop()
         return 1
 
+    status = 0
     while not stop.wait(0.5):
         if not server.liveness()[0]:
             log.error("a core thread died; exiting so the orchestrator restarts us")
+            status = 1
             break
     log.info("stopping: draining for up to %.0f s", cfg.drain_timeout_s)
     server.stop(cfg.drain_timeout_s)
     health.stop()
     log.info("stopped")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""gunicorn settings for the web tier: `gunicorn -c services/web/gunicorn.conf.py` serves create_app()."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+
+from services.config import WebConfig, load
+
+_cfg = load(WebConfig)  # fail at start on a bad ZEROLENS_* setting, before any worker forks
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_created: list[str] = []  # metrics directories this config made (and removes on exit)
+
+wsgi_app = "services.web:create_app()"
+bind = os.environ.get("ZEROLENS_WEB_BIND", "0.0.0.0:8000")
+
+# gthread: each worker serves `threads` requests at once, so a slow upload ties up one thread rather than a
+# whole process. sync workers would need a buffering proxy (nginx) in front; with gthread one is still wise
+# for the public internet, but not required. Each thread keeps its own ZeroMQ socket (see model_client.py).
+worker_class = "gthread"
+workers = int(os.environ.get("ZEROLENS_WEB_WORKERS", "2"))  # about one per core: the work is I/O and JSON
+threads = int(os.environ.get("ZEROLENS_WEB_THREADS", "4"))
+
+# A request waits at most request_timeout_ms for the model; give it that plus slack on every path, so
+# neither the worker watchdog nor a graceful stop (SIGTERM, rolling update) cuts an answer short.
+_request_timeout_s = _cfg.request_timeout_ms / 1000
+timeout = max(30, int(_request_timeout_s) + 10)
+graceful_timeout = max(30, int(_request_timeout_s) + 5)
+keepalive = 5  # behind a load balancer, keep connections a little; its idle timeout should be longer
+
+# Trust X-Forwarded-* (scheme, client address) only from these proxies; "*" only when nothing else can
+# reach the pod directly (e.g. behind an ingress controller in the same cluster with a NetworkPolicy).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# Logs go to stdout/stderr for the container runtime; %(M)s is the request time in milliseconds.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("ZEROLENS_WEB_LOG_LEVEL", "info")
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s" rid=%({x-request-id}o)s'
+logconfig_dict = {  # the app's own loggers (services.*) on stdout next to gunicorn's
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+    },
+    "formatters": {
+        "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
+        "access": {"format": "%(message)s"},
+    },
+}
+
+# gunicorn ≥ 25's control socket (for gunicornc) would be created under $HOME: not used, and $HOME may be
+# read-only in a container. Older gunicorn ignores the unknown setting.
+control_socket_disable = True
+
+# Worker heartbeat files: tmpfs where there is one, so a read-only root filesystem works and a slow disk
+# cannot make the master think a worker hung.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+
+def on_starting(server) -> None:
+    """Give prometheus-client a fresh directory for per-worker samples before any worker starts."""
+    # Set in the master before the fork, so every worker's prometheus-client starts in multiprocess mode.
+    path = os.environ.get(_MULTIPROC_ENV)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):  # samples of a previous run would be summed in
+            os.remove(stale)
+    else:
+        path = tempfile.mkdtemp(prefix="zerolens-prometheus-")
+        os.environ[_MULTIPROC_ENV] = path
+        _created.append(path)
+    server.log.info("prometheus multiprocess directory: %s", path)
+
+
+def child_exit(server, worker) -> None:
+    """Tell prometheus-client a worker died so its live gauges stop counting (counters are kept)."""
+    from prometheus_client import multiprocess  # imported here: the master must not pick its mode early
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics directory this config created."""
+    for path in _created:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,291 @@
+"""Lazy Pirate DEALER client to the model servers, one socket per thread: get_client/close_client/init_app.
+
+Shape of flaskr's db.py: the client is opened lazily on first use, so no ZeroMQ object exists before
+gunicorn forks its workers (a context inherited across fork asserts, pyzmq issue 1049). Each process
+has one context; each gthread request thread owns one DEALER socket, reused from request to request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+from flask import Flask, current_app, g
+
+from services import protocol
+from services.config import WebConfig
+from services.protocol import OP_CLASSIFY, OP_PING, Reply, Request, Status
+from services.web import discovery, metrics
+
+log = logging.getLogger(__name__)
+
+SEND_POLL_MS = 20  # while no server is connected yet, re-check this often (connects take a few ms)
+RECONNECT_IVL_MS = 100  # first reconnect after a server vanished: soon, a restarted pod is back quickly
+RECONNECT_IVL_MAX_MS = 2_000  # back off to this, so a dead endpoint costs little
+SOCKET_HWM = 16  # one request in flight per socket; a deep queue would only hold stale work
+MAX_REPLY_BYTES = 1 << 20  # replies are a few KB; a bigger message is garbage and cuts the connection
+# While no server is connected a try waits at most CONNECT_WAIT_MS for one (a connect takes a few ms; a
+# restarting server a few seconds). Once this thread has seen no server for FAST_FAIL_AFTER_S, it waits only
+# FAST_FAIL_WAIT_MS (reconnects go on in the background): during an outage requests fail fast with 503 instead
+# of holding every gunicorn thread for the whole deadline, which would starve /healthz too.
+CONNECT_WAIT_MS = 1_000
+FAST_FAIL_AFTER_S = 2.0
+FAST_FAIL_WAIT_MS = 50
+
+
+class ModelUnavailable(Exception):
+    """No model server answered within the tries allowed (HTTP 503)."""
+
+
+class ModelTimeout(Exception):
+    """The request's overall deadline passed before any server answered (HTTP 504)."""
+
+
+class ModelClient:
+    """Lazy Pirate: poll with timeouts, rebuild the socket after a silent try, resend, give up loudly."""
+
+    def __init__(
+        self,
+        cfg: WebConfig,
+        context: zmq.Context,
+        resolver: discovery.Resolver = discovery.resolve_host,
+    ) -> None:
+        self.cfg = cfg
+        self._context = context
+        self._endpoints = discovery.Endpoints(cfg.model_server, cfg.resolve_interval_s, resolver)
+        self._socket: zmq.Socket | None = None
+        self._connected: set[str] = set()
+        self._down_since: float | None = None  # when a send first found no server connected
+
+    # --- socket lifecycle ---------------------------------------------------------------------------
+
+    def _open(self) -> zmq.Socket:
+        client = self._context.socket(zmq.DEALER)
+        # Never keep unsent requests once we give up: close() and context.term() must not block on them.
+        client.linger = 0
+        # Queue only for servers whose connection is complete: with the default, requests sent while a
+        # server is down wait in a pipe and are delivered (stale) when it returns; here send fails fast.
+        client.immediate = 1
+        # ZMTP heartbeats: without them a silent network cut is invisible until TCP gives up (~2 h).
+        client.heartbeat_ivl = self.cfg.heartbeat_ivl_ms
+        client.heartbeat_timeout = 3 * self.cfg.heartbeat_ivl_ms
+        client.heartbeat_ttl = 3 * self.cfg.heartbeat_ivl_ms  # asks the server to drop us just as fast
+        client.sndhwm = SOCKET_HWM
+        client.rcvhwm = SOCKET_HWM
+        client.reconnect_ivl = RECONNECT_IVL_MS
+        client.reconnect_ivl_max = RECONNECT_IVL_MAX_MS
+        client.maxmsgsize = MAX_REPLY_BYTES
+        self._connected = set()
+        return client
+
+    def _socket_ready(self) -> zmq.Socket:
+        """This thread's socket, connected to every current endpoint (re-resolving names when due)."""
+        wanted = self._endpoints.get()
+        to_connect, to_disconnect = discovery.diff(self._connected, wanted)
+        if to_disconnect:
+            # zmq's disconnect() is asynchronous: the old pipe can still take the next send, which is then
+            # lost and costs a whole attempt. Endpoints change rarely (pods come and go), so rebuild instead.
+            log.info("model servers gone: %s; reconnecting to %s", ", ".join(to_disconnect), sorted(wanted))
+            self._reset()
+        if self._socket is None:
+            self._socket = self._open()
+            to_connect = sorted(wanted)
+        for endpoint in to_connect:
+            self._socket.connect(endpoint)
+            self._connected.add(endpoint)
+        return self._socket
+
+    def _reset(self) -> None:
+        """Lazy Pirate: drop the socket (and whatever is queued in it) so the next try starts clean."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+            self._connected = set()
+
+    def close(self) -> None:
+        """Close this thread's socket; the next call opens a new one."""
+        self._reset()
+
+    # --- one call -----------------------------------------------------------------------------------
+
+    def _send(self, client: zmq.Socket, frames: list, attempt_end: float) -> bool:
+        """Send before attempt_end; False when no server was connected in time (IMMEDIATE=1 refuses)."""
+        start = time.monotonic()
+        down_long = self._down_since is not None and start - self._down_since >= FAST_FAIL_AFTER_S
+        connect_end = min(attempt_end, start + (FAST_FAIL_WAIT_MS if down_long else CONNECT_WAIT_MS) / 1000)
+        while True:
+            try:
+                client.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self._down_since = None
+                return True
+            except zmq.Again:
+                left_ms = (connect_end - time.monotonic()) * 1000
+                if left_ms <= 0:
+                    if self._down_since is None:
+                        self._down_since = start
+                    return False
+                client.poll(min(left_ms, SEND_POLL_MS), zmq.POLLOUT)
+
+    def _receive(self, client: zmq.Socket, request_id: str, attempt_end: float) -> Reply | None:
+        """The reply to request_id, or None at attempt_end; replies to earlier requests are dropped."""
+        while True:
+            left_ms = (attempt_end - time.monotonic()) * 1000
+            if left_ms <= 0 or not client.poll(left_ms, zmq.POLLIN):
+                return None
+            frames = client.recv_multipart(zmq.NOBLOCK)
+            try:
+                reply = protocol.decode_reply(frames)
+            except protocol.ProtocolError as exc:
+                log.warning("request %s: discarding a malformed reply: %s", request_id, exc)
+                continue
+            if reply.request_id != request_id:
+                # A DEALER may hand back a late answer to a request we already gave up on.
+                log.info("request %s: discarding a late reply to %s", request_id, reply.request_id)
+                continue
+            return reply
+
+    def call(
+        self,
+        op: str,
+        image: bytes = b"",
+        top_k: int = 5,
+        request_id: str | None = None,
+        timeout_ms: int | None = None,
+        attempt_timeout_ms: int | None = None,
+        retries: int | None = None,
+    ) -> Reply:
+        """Send one request with retries within its deadline and return the matching reply.
+
+        A non-OK reply is returned, not raised (OVERLOADED only after the retries are spent).
+        :raise ModelUnavailable: no server answered within the tries allowed.
+        :raise ModelTimeout: the overall deadline passed while waiting for an answer.
+        """
+        timeout_ms = self.cfg.request_timeout_ms if timeout_ms is None else timeout_ms
+        attempt_s = (self.cfg.attempt_timeout_ms if attempt_timeout_ms is None else attempt_timeout_ms) / 1000
+        tries = 1 + (self.cfg.retries if retries is None else retries)
+        start = time.monotonic()
+        deadline = start + timeout_ms / 1000
+        request = Request(
+            request_id=request_id or protocol.new_request_id(),
+            deadline_ms=protocol.deadline_after_ms(timeout_ms),  # absolute: the server refuses stale work
+            op=op,
+            top_k=top_k,
+            image=image,
+        )
+        frames = protocol.encode_request(request)
+        rid = request.request_id
+        sent = False
+        overloaded: Reply | None = None
+        failure = ""  # why the previous try failed: unreachable, timeout or overloaded
+        for attempt in range(tries):
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if failure:
+                metrics.record_retry(failure)  # counted only when another try really happens
+            attempt_end = min(now + attempt_s, deadline)
+            client = self._socket_ready()
+            if not self._send(client, frames, attempt_end):
+                log.warning(
+                    "request %s: no model server connected at %s", rid, sorted(self._connected) or "-"
+                )
+                failure = "unreachable"
+                continue
+            sent = True
+            reply = self._receive(client, rid, attempt_end)
+            if reply is None:
+                log.warning(
+                    "request %s: no reply in %.0f ms (try %d of %d)",
+                    rid,
+                    attempt_s * 1000,
+                    attempt + 1,
+                    tries,
+                )
+                self._reset()
+                failure = "timeout"
+                continue
+            if reply.status is Status.OVERLOADED:
+                # Retry at once: the DEALER round-robins, so the next try may reach a less busy server.
+                log.info("request %s: overloaded (%s)", rid, reply.error)
+                overloaded, failure = reply, "overloaded"
+                continue
+            metrics.record_call(op, reply.status.value.lower(), time.monotonic() - start)
+            return reply
+        elapsed = time.monotonic() - start
+        if overloaded is not None:
+            metrics.record_call(op, "overloaded", elapsed)
+            return overloaded
+        if sent and time.monotonic() >= deadline:
+            metrics.record_call(op, "timeout", elapsed)
+            raise ModelTimeout(f"no model server answered within {timeout_ms} ms")
+        metrics.record_call(op, "unavailable", elapsed)
+        if not sent:
+            where = ", ".join(sorted(self._endpoints.current)) or f"{self.cfg.model_server} (not resolved)"
+            raise ModelUnavailable(f"no model server reachable at {where}")
+        raise ModelUnavailable(f"no model server answered after {tries} tries")
+
+    def classify(self, image: bytes, top_k: int, request_id: str | None = None) -> Reply:
+        """Classify one image; see call() for errors."""
+        return self.call(OP_CLASSIFY, image=image, top_k=top_k, request_id=request_id)
+
+    def ping(self, timeout_ms: int | None = None) -> Reply:
+        """One quick ping (no retries) for readiness; see call() for errors."""
+        budget = self.cfg.ready_timeout_ms if timeout_ms is None else timeout_ms
+        return self.call(OP_PING, timeout_ms=budget, attempt_timeout_ms=budget, retries=0)
+
+
+# --- per-process context, per-thread client ----------------------------------------------------------
+
+_lock = threading.Lock()
+_context: zmq.Context | None = None
+_context_pid: int | None = None
+_local = threading.local()
+
+
+def _process_context() -> zmq.Context:
+    """This process's context, created on first use (after gunicorn's fork) and again in a forked child."""
+    global _context, _context_pid
+    with _lock:
+        if _context is None or _context_pid != os.getpid():
+            _context = zmq.Context()  # never reuse (or term) a context inherited across fork
+            _context_pid = os.getpid()
+        return _context
+
+
+def thread_client(cfg: WebConfig) -> ModelClient:
+    """This thread's client for cfg, created on first use and kept for the thread's next requests."""
+    client: ModelClient | None = getattr(_local, "client", None)
+    if client is not None and client.cfg == cfg and _local.pid == os.getpid():
+        return client
+    if client is not None and _local.pid == os.getpid():
+        client.close()  # another app config in the same thread (tests): don't leak the old socket
+    _local.client = ModelClient(cfg, _process_context())
+    _local.pid = os.getpid()
+    return _local.client
+
+
+ClientFactory = Callable[[WebConfig], object]
+
+
+def get_client() -> ModelClient:
+    """The model client for this request: the app's MODEL_CLIENT factory (tests) or this thread's client."""
+    if "model_client" not in g:
+        factory: ClientFactory = current_app.config.get("MODEL_CLIENT") or thread_client
+        g.model_client = factory(current_app.config["ZEROLENS"])
+    return g.model_client
+
+
+def close_client(exc: BaseException | None = None) -> None:
+    """Release the request's client; after an unexpected error also close its socket (state unknown)."""
+    client = g.pop("model_client", None)
+    if client is not None and exc is not None and hasattr(client, "close"):
+        client.close()
+
+
+def init_app(app: Flask) -> None:
+    """Register the per-request release with the app."""
+    app.teardown_appcontext(close_client)

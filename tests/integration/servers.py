@@ -1,0 +1,126 @@
+"""Real server processes for integration tests: the model server (`python -m services.model`) and gunicorn.
+
+Each starts on free loopback ports (never 8000/5576/8081), is waited on through its readiness endpoint
+(no fixed sleeps), and is terminated at the end of its scope.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = ROOT / "build" / "models" / "efficientnet_lite0"
+BIN = Path(sys.executable).parent
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return 0
+
+
+@dataclass
+class Proc:
+    """A started server process and how to reach it."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_url: str
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def start(self, timeout_s: float = 120) -> Proc:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if http_status(self.ready_url, timeout=1) == 200:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+def ensure_model() -> Path:
+    """The artifacts `make model` builds; built here too so the tests also run on their own."""
+    if not (MODEL_DIR / "manifest.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "services.model.export", "--out", str(MODEL_DIR)], cwd=ROOT, check=True
+        )
+    return MODEL_DIR
+
+
+def model_server(tmp: Path, runtime: str = "tflite", port: int | None = None, **settings: object) -> Proc:
+    """A model server process (not started yet) on free ports."""
+    port = port or free_port()
+    health = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLENS_")}
+    env |= {
+        "ZEROLENS_HOST": "127.0.0.1",
+        "ZEROLENS_PORT": str(port),
+        "ZEROLENS_HEALTH_PORT": str(health),
+        "ZEROLENS_MODEL_RUNTIME": runtime,
+        "ZEROLENS_MODEL_DIR": str(ensure_model()),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    env |= {f"ZEROLENS_{k.upper()}": str(v) for k, v in settings.items()}
+    return Proc(
+        name=f"model server ({runtime})",
+        argv=[sys.executable, "-m", "services.model"],
+        env=env,
+        ready_url=f"http://127.0.0.1:{health}/readyz",
+        log_path=tmp / f"model-{runtime}-{port}.log",
+        ports={"zmq": port, "health": health},
+    )
+
+
+def web_server(tmp: Path, model_port: int, **settings: object) -> Proc:
+    """A gunicorn web tier (not started yet) pointed at a model server on loopback."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLENS_")}
+    env |= {
+        "ZEROLENS_WEB_BIND": f"127.0.0.1:{port}",
+        "ZEROLENS_MODEL_SERVER": f"127.0.0.1:{model_port}",
+        "ZEROLENS_WEB_WORKERS": "2",
+    }
+    env |= {f"ZEROLENS_{k.upper()}": str(v) for k, v in settings.items()}
+    return Proc(
+        name="web",
+        argv=[str(BIN / "gunicorn"), "-c", "services/web/gunicorn.conf.py", "services.web:create_app()"],
+        env=env,
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+        log_path=tmp / f"web-{port}.log",
+        ports={"http": port},
+    )

@@ -1,0 +1,175 @@
+"""The whole system, really run: gunicorn → ZeroMQ over loopback TCP → model server → EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.integration.servers import Proc, http_status, model_server, web_server
+
+pytestmark = pytest.mark.integration
+
+CATS = {"tabby", "tiger cat", "Egyptian cat"}
+
+
+def predict(web: Proc, upload, timeout: float = 30, **params) -> requests.Response:
+    url = f"http://127.0.0.1:{web.ports['http']}/api/v1/predict"
+    return requests.post(url, files={"image": upload.as_file()}, params=params, timeout=timeout)
+
+
+def model_metric(model: Proc, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{model.ports['health']}/metrics", timeout=5).text
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    assert match, f"{name} not in metrics"
+    return float(match.group(1))
+
+
+def test_real_photos_are_classified(stack, photos):
+    _, web = stack
+    cat = predict(web, photos["chelsea.jpg"], top_k=3)
+    assert cat.status_code == 200, cat.text
+    body = cat.json()
+    assert CATS & {p["label"] for p in body["predictions"]}
+    assert len(body["predictions"]) == 3
+    assert body["model"] == "efficientnet_lite0"
+    coffee = predict(web, photos["coffee.jpg"]).json()
+    assert coffee["predictions"][0]["label"] == "espresso"
+    assert coffee["predictions"][0]["probability"] > 0.8
+    assert predict(web, photos["china.jpg"]).json()["predictions"][0]["label"] == "palace"
+    assert predict(web, photos["chelsea.png"]).json()["predictions"][0]["label"] in CATS
+
+
+def test_form_upload_renders_the_results_page(stack, photos):
+    _, web = stack
+    base = f"http://127.0.0.1:{web.ports['http']}"
+    assert "<form" in requests.get(base + "/", timeout=5).text
+    page = requests.post(base + "/uploader", files={"image": photos["coffee.jpg"].as_file()}, timeout=30)
+    assert page.status_code == 200 and "espresso" in page.text
+
+
+def test_32_concurrent_uploads_are_answered_correctly_and_batched(stack, photos):
+    model, web = stack
+    batches_before = model_metric(model, "zerolens_model_batch_size_count")
+    images_before = model_metric(model, "zerolens_model_batch_size_sum")
+    uploads = [photos["coffee.jpg"] if i % 2 else photos["chelsea.jpg"] for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda u: predict(web, u), uploads))
+    for upload, resp in zip(uploads, responses, strict=True):
+        assert resp.status_code == 200, resp.text
+        top = resp.json()["predictions"][0]["label"]
+        assert top == "espresso" if upload.filename == "coffee.jpg" else top in CATS
+    batches = model_metric(model, "zerolens_model_batch_size_count") - batches_before
+    images = model_metric(model, "zerolens_model_batch_size_sum") - images_before
+    assert images == 32
+    assert batches < 32, "requests were not batched"
+    assert max(r.json()["batch_size"] for r in responses) > 1
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [
+        ("empty", 400),
+        ("text", 415),
+        ("gif", 415),
+        ("truncated_jpeg", 400),
+        ("bomb_png", 400),
+    ],
+)
+def test_bad_inputs_get_their_status_and_the_service_keeps_serving(stack, photos, bad_uploads, name, status):
+    _, web = stack
+    resp = predict(web, bad_uploads[name])
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]["message"]
+    assert predict(web, photos["coffee.jpg"]).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["png_alpha", "cmyk_jpeg", "png_16bit", "exif_rotated_jpeg"])
+def test_unusual_but_valid_images_are_classified(stack, bad_uploads, name):
+    _, web = stack
+    resp = predict(web, bad_uploads[name])
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["predictions"]) == 5
+
+
+def test_upload_over_the_limit_is_413(tmp_path, photos):
+    model = model_server(tmp_path).start()
+    web = web_server(tmp_path, model.ports["zmq"], max_upload_bytes=50_000).start()
+    try:
+        resp = predict(web, photos["chelsea.png"])
+        assert resp.status_code == 413
+        assert predict(web, photos["coffee.jpg"]).status_code == 200
+    finally:
+        web.stop()
+        model.stop()
+
+
+def test_model_server_down_then_restarted(tmp_path, photos):
+    """Stopped: the web answers 503/504 within its timeout, no worker hangs. Restarted: it recovers alone."""
+    model = model_server(tmp_path).start()
+    port = model.ports["zmq"]
+    web = web_server(tmp_path, port, request_timeout_ms=3000, attempt_timeout_ms=1000, retries=1).start()
+    base = f"http://127.0.0.1:{web.ports['http']}"
+    try:
+        assert predict(web, photos["coffee.jpg"]).status_code == 200
+        assert http_status(base + "/readyz") == 200
+        assert model.stop() == 0  # SIGTERM: drains and exits cleanly
+
+        def timed() -> tuple[int, float]:
+            start = time.monotonic()
+            return predict(web, photos["coffee.jpg"]).status_code, time.monotonic() - start
+
+        with ThreadPoolExecutor(8) as pool:  # more requests than gunicorn has threads: none may hang
+            results = list(pool.map(lambda _: timed(), range(8)))
+        assert all(code in (503, 504) for code, _ in results), results
+        assert all(elapsed < 3.0 + 2.0 for _, elapsed in results), results
+        assert http_status(base + "/readyz") == 503
+
+        restarted = model_server(tmp_path, port=port).start()
+        try:
+            deadline = time.monotonic() + 20
+            while http_status(base + "/readyz") != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            resp = predict(web, photos["coffee.jpg"])
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["predictions"][0]["label"] == "espresso"
+        finally:
+            restarted.stop()
+    finally:
+        web.stop()
+        model.stop()
+
+
+def test_keras_runtime_serves_the_same_answers(tmp_path, photos):
+    model = model_server(tmp_path, runtime="keras").start(timeout_s=180)
+    web = web_server(tmp_path, model.ports["zmq"]).start()
+    try:
+        cat = predict(web, photos["chelsea.jpg"], top_k=3).json()
+        assert CATS & {p["label"] for p in cat["predictions"]}
+        coffee = predict(web, photos["coffee.jpg"]).json()
+        assert coffee["predictions"][0]["label"] == "espresso"
+    finally:
+        web.stop()
+        assert model.stop() == 0
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path, photos):
+    model = model_server(tmp_path, max_batch_delay_ms=200, max_batch_size=64).start()
+    web = web_server(tmp_path, model.ports["zmq"]).start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(predict, web, photos["coffee.jpg"]) for _ in range(4)]
+            deadline = time.monotonic() + 10
+            while (in_flight := model_metric(model, "zerolens_model_in_flight")) < 1:
+                assert time.monotonic() < deadline, "requests never reached the model server"
+            # The batch stays open for 200 ms: SIGTERM lands while these requests are in flight.
+            assert model.stop(signal.SIGTERM) == 0
+            codes = [f.result().status_code for f in futures]
+        assert codes.count(200) >= in_flight and set(codes) <= {200, 503}, codes
+    finally:
+        web.stop()
+        model.stop()

@@ -1,0 +1,323 @@
+"""The Lazy Pirate model client against a scripted ROUTER stub on real loopback sockets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+from prometheus_client import REGISTRY
+
+from services import protocol
+from services.config import WebConfig, load
+from services.protocol import OP_PING, Prediction, Reply, Request, Status
+from services.web import model_client
+from services.web.model_client import ModelClient, ModelTimeout, ModelUnavailable
+
+# A script answers the n-th request (from 0) with [(delay_s, Reply or raw frames), ...]; [] ignores it.
+Script = Callable[[Request, int], list[tuple[float, Any]]]
+
+
+def ok(request: Request, model: str = "stub") -> Reply:
+    """An OK reply with one prediction per requested label, as a model server would send."""
+    predictions = [Prediction(f"label {i}", i, 1.0 / (i + 2)) for i in range(request.top_k)]
+    timings = {"queue": 0.5, "inference": 3.0}
+    return Reply(request.request_id, Status.OK, None, predictions, timings, batch_size=1, model=model)
+
+
+def answer(request: Request, n: int) -> list[tuple[float, Any]]:
+    return [(0.0, ok(request))]
+
+
+def ignore(request: Request, n: int) -> list[tuple[float, Any]]:
+    return []
+
+
+def overloaded(request: Request, n: int) -> list[tuple[float, Any]]:
+    return [(0.0, Reply(request.request_id, Status.OVERLOADED, "queue full"))]
+
+
+class StubServer:
+    """A ROUTER in its own thread that speaks protocol.py and answers as its script says."""
+
+    def __init__(self, port: int, script: Script, host: str = "127.0.0.1") -> None:
+        self.endpoint = f"tcp://{host}:{port}"
+        self.script = script
+        self.requests: list[Request] = []
+        self.peers: list[bytes] = []  # the routing id of each request's sender
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stub {self.endpoint}", daemon=True)
+
+    def start(self) -> StubServer:
+        self._thread.start()
+        assert self._ready.wait(5), "stub server did not start"
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        pending: list[tuple[float, list[bytes], Any]] = []  # (due, envelope, reply)
+        with zmq.Context() as context, context.socket(zmq.ROUTER) as frontend:
+            frontend.linger = 0
+            frontend.bind(self.endpoint)
+            self._ready.set()
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for item in [p for p in pending if p[0] <= now]:
+                    pending.remove(item)
+                    _, envelope, reply = item
+                    frames = protocol.encode_reply(reply) if isinstance(reply, Reply) else reply
+                    frontend.send_multipart(envelope + frames[1:])  # the envelope ends with the delimiter
+                wait_ms = min([10.0] + [(p[0] - now) * 1000 for p in pending])
+                if not frontend.poll(max(wait_ms, 0), zmq.POLLIN):
+                    continue
+                envelope, body = protocol.split_envelope(frontend.recv_multipart())
+                request = protocol.decode_request(body)
+                self.peers.append(envelope[0])
+                n = len(self.requests)
+                self.requests.append(request)
+                for delay_s, reply in self.script(request, n):
+                    pending.append((time.monotonic() + delay_s, envelope, reply))
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def stubs() -> Iterator[Callable[..., StubServer]]:
+    started: list[StubServer] = []
+
+    def start(port: int, script: Script = answer, host: str = "127.0.0.1") -> StubServer:
+        started.append(StubServer(port, script, host).start())
+        return started[-1]
+
+    yield start
+    for stub in started:
+        stub.stop()
+
+
+@pytest.fixture
+def make_client(context: zmq.Context) -> Iterator[Callable[..., ModelClient]]:
+    clients: list[ModelClient] = []
+
+    def make(resolver: Any = None, **settings: Any) -> ModelClient:
+        cfg = load(WebConfig, overrides={"heartbeat_ivl_ms": 200, **settings}, environ={})
+        client = ModelClient(cfg, context) if resolver is None else ModelClient(cfg, context, resolver)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def test_happy_path_returns_the_matching_reply(stubs, make_client, unused_tcp_port: int) -> None:
+    stub = stubs(unused_tcp_port)
+    client = make_client(
+        model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=3000, request_timeout_ms=3000
+    )
+    before_ms = time.time() * 1000
+    reply = client.classify(b"\xff\xd8\xffphoto", top_k=3, request_id="rid-1")
+    assert reply.ok and reply.request_id == "rid-1" and reply.model == "stub"
+    assert [p.index for p in reply.predictions] == [0, 1, 2]
+    (request,) = stub.requests
+    assert bytes(request.image) == b"\xff\xd8\xffphoto" and request.top_k == 3
+    assert before_ms + 2900 <= request.deadline_ms <= time.time() * 1000 + 3000  # absolute, whole budget
+
+
+def test_silent_try_is_resent_on_a_new_socket(stubs, make_client, unused_tcp_port: int) -> None:
+    stub = stubs(unused_tcp_port, lambda request, n: [] if n == 0 else answer(request, n))
+    client = make_client(
+        model_server=f"tcp://127.0.0.1:{unused_tcp_port}",
+        attempt_timeout_ms=200,
+        retries=2,
+        request_timeout_ms=3000,
+    )
+    retries_before = REGISTRY.get_sample_value("zerolens_web_model_retries_total", {"reason": "timeout"}) or 0
+    start = time.monotonic()
+    reply = client.classify(b"img", top_k=1)
+    assert reply.ok
+    assert 0.2 <= time.monotonic() - start < 1.5
+    assert [r.request_id for r in stub.requests] == [reply.request_id] * 2  # the same request, resent
+    assert stub.peers[0] != stub.peers[1]  # from a rebuilt socket (Lazy Pirate)
+    assert (
+        REGISTRY.get_sample_value("zerolens_web_model_retries_total", {"reason": "timeout"})
+        == retries_before + 1
+    )
+
+
+def test_client_gives_up_after_retries(stubs, make_client, unused_tcp_port: int) -> None:
+    stub = stubs(unused_tcp_port, ignore)
+    client = make_client(
+        model_server=f"127.0.0.1:{unused_tcp_port}",
+        attempt_timeout_ms=150,
+        retries=2,
+        request_timeout_ms=5000,
+    )
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="after 3 tries"):
+        client.classify(b"img", top_k=1)
+    assert 0.45 <= time.monotonic() - start < 1.5  # three tries, far inside the 5 s budget
+    assert len(stub.requests) == 3
+
+
+def test_deadline_passed_raises_timeout(stubs, make_client, unused_tcp_port: int) -> None:
+    stubs(unused_tcp_port, ignore)
+    client = make_client(
+        model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=300, retries=5, request_timeout_ms=500
+    )
+    start = time.monotonic()
+    with pytest.raises(ModelTimeout):
+        client.classify(b"img", top_k=1)
+    assert 0.45 <= time.monotonic() - start < 1.2  # stopped at the deadline, not after six tries
+
+
+def test_late_reply_to_an_earlier_request_is_discarded(stubs, make_client, unused_tcp_port: int) -> None:
+    def script(request: Request, n: int) -> list[tuple[float, Any]]:
+        if n == 0:  # the ping is answered twice: the duplicate arrives during the next call
+            return [(0.0, ok(request)), (0.05, ok(request, model="late"))]
+        garbage = [b"", b"ZL99", b"{}"]  # another protocol version: dropped too
+        return [(0.0, garbage), (0.2, ok(request))]
+
+    stubs(unused_tcp_port, script)
+    client = make_client(model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=2000)
+    first = client.ping()
+    reply = client.classify(b"img", top_k=2)
+    assert reply.ok and reply.request_id != first.request_id and reply.model == "stub"
+
+
+def test_overloaded_is_retried_then_surfaced(stubs, make_client, unused_tcp_port: int) -> None:
+    stub = stubs(unused_tcp_port, overloaded)
+    client = make_client(model_server=f"127.0.0.1:{unused_tcp_port}", retries=2)
+    start = time.monotonic()
+    reply = client.classify(b"img", top_k=1)
+    assert reply.status is Status.OVERLOADED
+    assert len(stub.requests) == 3
+    assert time.monotonic() - start < 0.5  # retried at once, no waiting out the attempt timeout
+
+
+def test_overloaded_retry_can_succeed(stubs, make_client, unused_tcp_port: int) -> None:
+    stubs(unused_tcp_port, lambda request, n: overloaded(request, n) if n == 0 else answer(request, n))
+    client = make_client(model_server=f"127.0.0.1:{unused_tcp_port}", retries=1)
+    assert client.classify(b"img", top_k=1).ok
+
+
+def test_retry_on_overload_reaches_another_server(stubs, make_client, unused_tcp_port_factory) -> None:
+    def busy(request: Request, n: int) -> list[tuple[float, Any]]:
+        return answer(request, n) if request.op == OP_PING else overloaded(request, n)
+
+    first, second = unused_tcp_port_factory(), unused_tcp_port_factory()
+    busy_stub, idle_stub = stubs(first, busy), stubs(second, answer)
+    client = make_client(model_server=f"tcp://127.0.0.1:{first},tcp://127.0.0.1:{second}", retries=1)
+    deadline = time.monotonic() + 5
+    while not (busy_stub.requests and idle_stub.requests) and time.monotonic() < deadline:
+        client.ping()  # until both connections are up, so round-robin alternates between them
+    reply = client.classify(b"img", top_k=1)
+    assert reply.ok
+    assert [r.op for r in idle_stub.requests][-1] == "classify"
+
+
+def test_no_server_fails_within_budget(make_client, unused_tcp_port: int) -> None:
+    client = make_client(
+        model_server=f"127.0.0.1:{unused_tcp_port}",
+        attempt_timeout_ms=200,
+        retries=1,
+        request_timeout_ms=2000,
+    )
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="no model server reachable"):
+        client.classify(b"img", top_k=1)
+    assert 0.35 <= time.monotonic() - start < 1.0
+
+
+def test_outage_fails_fast_then_recovers(stubs, make_client, unused_tcp_port: int, monkeypatch) -> None:
+    monkeypatch.setattr(model_client, "FAST_FAIL_AFTER_S", 0.3)
+    client = make_client(
+        model_server=f"127.0.0.1:{unused_tcp_port}",
+        attempt_timeout_ms=200,
+        retries=1,
+        request_timeout_ms=2000,
+    )
+    with pytest.raises(ModelUnavailable):
+        client.classify(b"img", top_k=1)  # ~0.4 s: both tries wait for a connection
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailable):
+        client.classify(b"img", top_k=1)  # no server for 0.3 s already: each try waits only briefly
+    assert time.monotonic() - start < 0.3
+    stubs(unused_tcp_port)
+    deadline = time.monotonic() + 5  # the socket reconnects by itself (backing off to RECONNECT_IVL_MAX_MS)
+    while time.monotonic() < deadline:
+        try:
+            assert client.classify(b"img", top_k=1).ok
+            break
+        except ModelUnavailable:
+            time.sleep(0.05)
+    else:
+        pytest.fail("the client did not recover after the server came back")
+
+
+def test_server_started_after_the_send_still_answers(stubs, make_client, unused_tcp_port: int) -> None:
+    client = make_client(model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=2000, retries=0)
+    timer = threading.Timer(0.15, stubs, args=(unused_tcp_port,))
+    timer.start()
+    start = time.monotonic()
+    try:
+        reply = client.classify(b"img", top_k=1)
+    finally:
+        timer.join()
+    assert reply.ok
+    assert time.monotonic() - start < 1.5  # sent as soon as connected, not after a timeout
+
+
+def test_ping_reports_the_model(stubs, make_client, unused_tcp_port: int) -> None:
+    stub = stubs(unused_tcp_port)
+    reply = make_client(model_server=f"127.0.0.1:{unused_tcp_port}").ping(timeout_ms=1000)
+    assert reply.ok and reply.model == "stub"
+    assert stub.requests[0].op == OP_PING
+
+
+def test_client_follows_the_resolved_addresses(stubs, make_client, unused_tcp_port: int) -> None:
+    table = {"model.test": ["127.0.0.1"]}
+    old, new = stubs(unused_tcp_port, host="127.0.0.1"), stubs(unused_tcp_port, host="127.0.0.2")
+    client = make_client(
+        resolver=lambda host, port: list(table[host]),
+        model_server=f"model.test:{unused_tcp_port}",
+        resolve_interval_s=0.05,
+    )
+    assert client.classify(b"img", top_k=1).ok
+    table["model.test"] = ["127.0.0.2"]  # the pod moved
+    time.sleep(0.1)
+    start = time.monotonic()
+    assert client.classify(b"img", top_k=1).ok
+    assert time.monotonic() - start < 0.5  # not lost in the old connection (no attempt timeout)
+    assert (len(old.requests), len(new.requests)) == (1, 1)
+
+
+def test_each_thread_gets_its_own_client_and_the_process_one_context(monkeypatch) -> None:
+    monkeypatch.setattr(model_client, "_context", None)
+    monkeypatch.setattr(model_client, "_local", threading.local())
+    cfg = load(WebConfig, environ={})
+    here = model_client.thread_client(cfg)
+    assert model_client.thread_client(cfg) is here
+    seen: list[ModelClient] = []
+
+    def other_thread() -> None:
+        seen.append(model_client.thread_client(cfg))
+        seen[-1].close()  # a socket is closed by the thread that owns it
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    worker.join()
+    assert seen[0] is not here and seen[0]._context is here._context
+    here.close()
+    here._context.term()

@@ -1,0 +1,130 @@
+"""The web tier's routes through the Flask test client, with a fake model client injected by the factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from services.config import ConfigError
+from services.web import create_app
+
+
+def post_file(client: FlaskClient, url: str, upload: Any, **kwargs: Any) -> Any:
+    return client.post(url, data={"image": upload.as_file(), **kwargs.pop("form", {})}, **kwargs)
+
+
+# --- factory and pages ----------------------------------------------------------------------------------
+
+
+def test_factory_honours_settings(make_app) -> None:
+    assert not create_app().testing
+    app = make_app(max_upload_bytes=1234, top_k=3)
+    assert app.testing
+    assert app.config["MAX_CONTENT_LENGTH"] == 1234
+    assert app.config["ZEROLENS"].top_k == 3
+    with pytest.raises(ConfigError, match="unknown setting"):
+        create_app({"no_such_setting": 1})
+    with pytest.raises(ConfigError, match="model_server = 'model-without-port'"):
+        create_app({"model_server": "model-without-port"})
+
+
+def test_upload_page_works_without_javascript(client: FlaskClient) -> None:
+    page = client.get("/").get_data(as_text=True)
+    assert 'action="/uploader"' in page and 'enctype="multipart/form-data"' in page
+    assert 'type="file" name="image" accept="image/jpeg,image/png"' in page
+    assert '<label for="image-input"' in page and 'type="submit"' in page
+    assert "/static/app.js" in page and "/static/style.css" in page
+    assert "http://" not in page and "https://" not in page  # no CDN: works offline
+
+
+def test_static_assets_are_served(client: FlaskClient) -> None:
+    for name in ("app.js", "style.css"):
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200
+        response.close()
+
+
+def test_form_upload_renders_labels_and_timings(client: FlaskClient, fake_model, cat_jpeg) -> None:
+    response = post_file(client, "/uploader", cat_jpeg)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert (
+        "chelsea.jpg" in page and "tiger cat" in page and "60.0 %" in page and 'style="width: 60.0%"' in page
+    )
+    assert "inference 7.2 ms" in page or "inference 7.3 ms" in page
+    assert "Classify another photo" in page
+    assert "data:image" not in page and len(response.data) < 20_000  # the upload is not echoed back
+    assert fake_model.calls[0]["image"] == cat_jpeg.data and fake_model.calls[0]["top_k"] == 5
+
+
+def test_api_answers_json_for_a_multipart_upload(client: FlaskClient, cat_jpeg) -> None:
+    response = post_file(client, "/api/v1/predict", cat_jpeg)
+    body = response.get_json()
+    assert response.status_code == 200
+    assert list(body) == ["request_id", "predictions", "model", "batch_size", "image", "timings_ms"]
+    assert body["predictions"][0] == {"label": "tiger cat", "index": 281, "probability": 0.6}
+    assert len(body["predictions"]) == 5 and body["model"] == "fake_net" and body["batch_size"] == 3
+    assert body["image"] == {"format": "JPEG", "width": 451, "height": 300}
+    timings = body["timings_ms"]
+    assert {"queue", "inference", "model_roundtrip_ms", "total_ms"} <= set(timings)
+    assert timings["total_ms"] >= timings["model_roundtrip_ms"] >= 0
+    assert response.headers["X-Request-ID"] == body["request_id"]
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/octet-stream"])
+def test_api_accepts_a_raw_image_body(client: FlaskClient, fake_model, photos, content_type) -> None:
+    upload = photos["chelsea.png"]
+    response = client.post("/api/v1/predict?top_k=2", data=upload.data, content_type=content_type)
+    assert response.status_code == 200
+    assert len(response.get_json()["predictions"]) == 2
+    assert fake_model.calls[0]["image"] == upload.data
+
+
+@pytest.mark.parametrize("name", ["china.jpg", "coffee.jpg"])
+def test_real_photos_pass_the_web_checks(client: FlaskClient, photos, name: str) -> None:
+    assert post_file(client, "/api/v1/predict", photos[name]).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["png_alpha", "cmyk_jpeg", "png_16bit", "exif_rotated_jpeg"])
+def test_unusual_but_valid_images_are_sent_on(client: FlaskClient, fake_model, bad_uploads, name) -> None:
+    assert post_file(client, "/api/v1/predict", bad_uploads[name]).status_code == 200
+    assert len(fake_model.calls) == 1
+
+
+def test_caller_request_id_is_passed_on_when_safe(client: FlaskClient, fake_model, cat_jpeg) -> None:
+    post_file(client, "/api/v1/predict", cat_jpeg, headers={"X-Request-ID": "trace-42.a_b"})
+    post_file(client, "/api/v1/predict", cat_jpeg, headers={"X-Request-ID": "bad id; drop table"})
+    assert [c["request_id"] for c in fake_model.calls] == ["trace-42.a_b", None]
+
+
+# --- top_k ------------------------------------------------------------------------------------------------
+
+
+def test_top_k_defaults_to_the_setting(make_app, fake_model, cat_jpeg) -> None:
+    with make_app(top_k=3).test_client() as client:
+        assert len(post_file(client, "/api/v1/predict", cat_jpeg).get_json()["predictions"]) == 3
+    assert fake_model.calls[0]["top_k"] == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "form", "expected"), [("?top_k=7", {}, 7), ("", {"top_k": "2"}, 2), ("", {}, 5)]
+)
+def test_top_k_from_query_or_form(client: FlaskClient, fake_model, cat_jpeg, query, form, expected):
+    response = post_file(client, f"/api/v1/predict{query}", cat_jpeg, form=form)
+    assert response.status_code == 200 and fake_model.calls[0]["top_k"] == expected
+
+
+@pytest.mark.parametrize("value", ["0", "101", "-1", "abc", "2.5"])
+def test_bad_top_k_is_a_400(client: FlaskClient, fake_model, cat_jpeg, value: str) -> None:
+    response = post_file(client, f"/api/v1/predict?top_k={value}", cat_jpeg)
+    assert response.status_code == 400
+    assert "top_k must be an integer from 1 to 100" in response.get_json()["error"]["message"]
+    assert fake_model.calls == []
+
+
+def test_pages_carry_security_headers(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
