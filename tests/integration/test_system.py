@@ -19,7 +19,7 @@ CATS = {"tabby", "tiger cat", "Egyptian cat"}
 
 def predict(web: Proc, upload, timeout: float = 30, **params) -> requests.Response:
     url = f"http://127.0.0.1:{web.ports['http']}/api/v1/predict"
-    return requests.post(url, files={"image": upload.as_file()}, params=params, timeout=timeout)
+    return requests.post(url, files={"image": (upload.filename, upload.data, upload.content_type)}, params=params, timeout=timeout)
 
 
 def model_metric(model: Proc, name: str) -> float:
@@ -48,7 +48,7 @@ def test_form_upload_renders_the_results_page(stack, photos):
     _, web = stack
     base = f"http://127.0.0.1:{web.ports['http']}"
     assert "<form" in requests.get(base + "/", timeout=5).text
-    page = requests.post(base + "/uploader", files={"image": photos["coffee.jpg"].as_file()}, timeout=30)
+    page = requests.post(base + "/uploader", files={"image": ("coffee.jpg", photos["coffee.jpg"].data, "image/jpeg")}, timeout=30)
     assert page.status_code == 200 and "espresso" in page.text
 
 
@@ -97,8 +97,10 @@ def test_unusual_but_valid_images_are_classified(stack, bad_uploads, name):
 
 
 def test_upload_over_the_limit_is_413(tmp_path, photos):
+    limit = len(photos["coffee.jpg"].data) + 10_000
+    assert len(photos["chelsea.png"].data) > limit
     model = model_server(tmp_path).start()
-    web = web_server(tmp_path, model.ports["zmq"], max_upload_bytes=50_000).start()
+    web = web_server(tmp_path, model.ports["zmq"], max_upload_bytes=limit).start()
     try:
         resp = predict(web, photos["chelsea.png"])
         assert resp.status_code == 413
