@@ -203,6 +203,16 @@ def encode_reply(reply: Reply) -> list[bytes]:
     return [DELIMITER, VERSION, json.dumps(body, separators=(",", ":")).encode()]
 
 
+def reply_frames(envelope: list[Any], reply: Reply) -> list[Any]:
+    """The whole outgoing message on a server's backend: the request's envelope, then the reply.
+
+    The envelope from split_envelope already ends with the delimiter; one without (a malformed request)
+    gets one added, so the client always sees the same framing.
+    """
+    frames = encode_reply(reply)
+    return [*envelope, *frames[1:]] if envelope and len(envelope[-1]) == 0 else [*envelope, *frames]
+
+
 def decode_reply(frames: list[Any]) -> Reply:
     """Parse a reply as a DEALER client receives it (delimiter, version, JSON).
 

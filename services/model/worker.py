@@ -119,9 +119,6 @@ class Worker(threading.Thread):
         self._metrics.requests.labels(reply.status.value).inc()
         self._metrics.request_seconds.observe(time.monotonic() - received)
         try:
-            frames = protocol.encode_reply(reply)
-            if len(envelope[-1]) == 0:  # the envelope already ends with the client's delimiter
-                frames = frames[1:]
-            worker.send_multipart([*envelope, *frames], copy=False)
+            worker.send_multipart(protocol.reply_frames(envelope, reply), copy=False)
         except zmq.ZMQError as exc:  # the proxy is gone (shutting down): nothing left to answer to
             log.warning("%s: reply %s not sent: %s", self.name, reply.request_id, exc)

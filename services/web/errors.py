@@ -4,8 +4,8 @@ Data flow and where each failure is decided:
 
     upload bytes ──► web checks (imaging.inspect) ──► model server ──► Reply.status
     web:    empty or missing 400, body over the limit 413, not JPEG/PNG 415, bad header or bomb 400
-    server: BAD_IMAGE/BAD_REQUEST 400, TOO_LARGE 413, OVERLOADED 503 + Retry-After, DEADLINE_EXCEEDED 504,
-            INTERNAL 502
+    server: BAD_IMAGE 400, BAD_REQUEST 502, TOO_LARGE 413, OVERLOADED 503 + Retry-After,
+            DEADLINE_EXCEEDED 504, INTERNAL 502
     client: no answer after the retries 503 + Retry-After, overall deadline passed 504
 """
 
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 _BUSY = "the model servers are busy; please try again in a moment"
 _MESSAGES = {  # what a user reads for each non-OK reply; the server's detail is appended where it helps
     Status.BAD_IMAGE: (BadRequest, "the image could not be decoded"),
-    Status.BAD_REQUEST: (BadRequest, "the model server refused the request"),
+    # The web tier built the request, so a refusal means the tiers disagree (e.g. protocol versions).
+    Status.BAD_REQUEST: (BadGateway, "the model server refused the request"),
     Status.TOO_LARGE: (RequestEntityTooLarge, "the image is too large for the model server"),
     Status.OVERLOADED: (ServiceUnavailable, _BUSY),
     Status.DEADLINE_EXCEEDED: (GatewayTimeout, "the model server could not answer in time"),

@@ -19,7 +19,12 @@ CATS = {"tabby", "tiger cat", "Egyptian cat"}
 
 def predict(web: Proc, upload, timeout: float = 30, **params) -> requests.Response:
     url = f"http://127.0.0.1:{web.ports['http']}/api/v1/predict"
-    return requests.post(url, files={"image": (upload.filename, upload.data, upload.content_type)}, params=params, timeout=timeout)
+    return requests.post(
+        url,
+        files={"image": (upload.filename, upload.data, upload.content_type)},
+        params=params,
+        timeout=timeout,
+    )
 
 
 def model_metric(model: Proc, name: str) -> float:
@@ -48,7 +53,11 @@ def test_form_upload_renders_the_results_page(stack, photos):
     _, web = stack
     base = f"http://127.0.0.1:{web.ports['http']}"
     assert "<form" in requests.get(base + "/", timeout=5).text
-    page = requests.post(base + "/uploader", files={"image": ("coffee.jpg", photos["coffee.jpg"].data, "image/jpeg")}, timeout=30)
+    page = requests.post(
+        base + "/uploader",
+        files={"image": ("coffee.jpg", photos["coffee.jpg"].data, "image/jpeg")},
+        timeout=30,
+    )
     assert page.status_code == 200 and "espresso" in page.text
 
 

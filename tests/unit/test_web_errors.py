@@ -117,7 +117,7 @@ def test_upload_over_the_limit_is_a_413(make_app, fake_model, cat_jpeg, url: str
     ("status", "code", "message"),
     [
         (Status.BAD_IMAGE, 400, "detail"),
-        (Status.BAD_REQUEST, 400, "the model server refused the request: detail"),
+        (Status.BAD_REQUEST, 502, "the model server refused the request: detail"),
         (Status.TOO_LARGE, 413, "the image is too large for the model server: detail"),
         (Status.OVERLOADED, 503, "the model servers are busy; please try again in a moment"),
         (Status.DEADLINE_EXCEEDED, 504, "the model server could not answer in time: detail"),
