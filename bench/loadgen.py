@@ -1,0 +1,136 @@
+"""HTTP load generator: uploads real JPEGs at fixed concurrency levels and reports throughput and latency.
+
+Closed loop: each of `c` threads keeps one keep-alive connection and sends its next upload as soon as the
+previous answer arrives, for a fixed duration per level. Stdlib only, so it measures the server, not a client
+library; its own CPU time is reported because on a 2-core box the client competes with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    duration_s: float
+    latencies_ms: list[float] = field(default_factory=list)  # successful requests only
+    statuses: Counter = field(default_factory=Counter)
+    client_cpu_s: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.duration_s
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+    def summary(self) -> dict:
+        return {
+            "concurrency": self.concurrency,
+            "throughput_rps": round(self.throughput, 2),
+            "p50_ms": round(self.percentile(50), 2),
+            "p95_ms": round(self.percentile(95), 2),
+            "p99_ms": round(self.percentile(99), 2),
+            "mean_ms": round(statistics.fmean(self.latencies_ms), 2) if self.latencies_ms else None,
+            "ok": self.ok,
+            "errors": {str(k): v for k, v in self.statuses.items() if k != 200},
+            "client_cpu_s": round(self.client_cpu_s, 2),
+        }
+
+
+def multipart(image: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
+    """A multipart/form-data body with the photo in the field `image`."""
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    body.write(f"--{boundary}\r\n".encode())
+    body.write(f'Content-Disposition: form-data; name="image"; filename="{filename}"\r\n'.encode())
+    body.write(b"Content-Type: image/jpeg\r\n\r\n")
+    body.write(image)
+    body.write(f"\r\n--{boundary}--\r\n".encode())
+    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, duration_s: float) -> LevelResult:
+    """Run `concurrency` closed-loop clients for duration_s against url."""
+    parts = urlsplit(url)
+    result = LevelResult(concurrency, duration_s)
+    lock = threading.Lock()
+    start_barrier = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        latencies, statuses = [], Counter()
+        n = index
+        start_barrier.wait()
+        while time.monotonic() < stop_at[0]:
+            body, content_type = bodies[n % len(bodies)]
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+                status = 0  # connection error
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            statuses[status] += 1
+            if status == 200:
+                latencies.append(elapsed_ms)
+        conn.close()
+        with lock:
+            result.latencies_ms.extend(latencies)
+            result.statuses.update(statuses)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    cpu0 = time.process_time()
+    stop_at[0] = time.monotonic() + duration_s
+    start_barrier.wait()
+    for t in threads:
+        t.join()
+    result.client_cpu_s = time.process_time() - cpu0
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/api/v1/predict")
+    parser.add_argument("--concurrency", default="1,16", help="comma-separated levels")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the first level, discarded")
+    parser.add_argument("images", nargs="+", help="JPEG files to upload, round-robin")
+    args = parser.parse_args()
+    bodies = [multipart(open(path, "rb").read()) for path in args.images]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if args.warmup > 0:
+        run_level(args.url, bodies, levels[0], args.warmup)
+    for c in levels:
+        print(json.dumps(run_level(args.url, bodies, c, args.duration).summary()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
