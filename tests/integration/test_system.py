@@ -184,3 +184,21 @@ def test_sigterm_drains_in_flight_requests(tmp_path, photos):
     finally:
         web.stop()
         model.stop()
+
+
+def test_requests_spread_over_several_model_servers_and_survive_one_dying(tmp_path, photos):
+    first, second = model_server(tmp_path).start(), model_server(tmp_path).start()
+    endpoints = ",".join(f"tcp://127.0.0.1:{m.ports['zmq']}" for m in (first, second))
+    web = web_server(tmp_path, 0, model_server=endpoints, attempt_timeout_ms=1500).start()
+    try:
+        for _ in range(12):
+            assert predict(web, photos["coffee.jpg"]).status_code == 200
+        served = [model_metric(m, 'zerolens_model_requests_total{status="OK"}') for m in (first, second)]
+        assert all(n > 0 for n in served), served  # the DEALER spreads work over every endpoint
+        first.stop(signal.SIGKILL)  # a crash: no drain, no goodbye
+        codes = [predict(web, photos["coffee.jpg"]).status_code for _ in range(12)]
+        assert codes == [200] * 12, codes
+    finally:
+        web.stop()
+        first.stop()
+        second.stop()
