@@ -24,30 +24,14 @@ class ServerMetrics:
         self.malformed = Counter(
             "zerolens_model_malformed_messages", "Messages that did not follow the protocol", registry=r
         )
-        self.request_seconds = Histogram(
-            "zerolens_model_request_seconds",
-            "Receipt to reply, per request",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_seconds = Histogram(
-            "zerolens_model_queue_seconds",
-            "Time a request waited for a decoder and for its batch",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.preprocess_seconds = Histogram(
-            "zerolens_model_preprocess_seconds",
-            "Decode + resize per image",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inference_seconds = Histogram(
-            "zerolens_model_inference_seconds",
-            "One model call per batch",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+
+        def latency(name: str, doc: str) -> Histogram:
+            return Histogram(f"zerolens_model_{name}_seconds", doc, buckets=_LATENCY_BUCKETS, registry=r)
+
+        self.request_seconds = latency("request", "Receipt to reply, per request")
+        self.queue_seconds = latency("queue", "Time a request waited for a decoder and for its batch")
+        self.preprocess_seconds = latency("preprocess", "Decode + resize per image")
+        self.inference_seconds = latency("inference", "One model call per batch")
         self.batch_size = Histogram(
             "zerolens_model_batch_size", "Images per model call", buckets=_BATCH_BUCKETS, registry=r
         )
