@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the first level, discarded")
     parser.add_argument("images", nargs="+", help="JPEG files to upload, round-robin")
     args = parser.parse_args()
-    bodies = [multipart(open(path, "rb").read()) for path in args.images]
+    bodies = [multipart(Path(path).read_bytes()) for path in args.images]
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.warmup > 0:
         run_level(args.url, bodies, levels[0], args.warmup)

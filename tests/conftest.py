@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.resources
 import io
 import os
-import socket
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bench.servers import free_port
 from services.protocol import Prediction, Reply, Status
 
 FAKE_LABELS = ["tiger cat", "Egyptian cat", "tabby", "lynx", "tiger", "cougar", "snow leopard"]
@@ -31,16 +31,6 @@ class Upload:
     def as_file(self) -> tuple[io.BytesIO, str, str]:
         """The (file, filename, content_type) tuple the Flask test client posts as a multipart file."""
         return io.BytesIO(self.data), self.filename, self.content_type
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (never one of the defaults)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port not in (8000, 5576, 8081):
-            return port
 
 
 def _encode(img: Image.Image, fmt: str, **params) -> bytes:

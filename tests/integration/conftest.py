@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.servers import Proc, model_server, web_server
+from bench.servers import Proc, model_server, web_server
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.integration.servers import Proc, http_status, model_server, web_server
+from bench.servers import Proc, http_status, model_server, web_server
 
 pytestmark = pytest.mark.integration
 

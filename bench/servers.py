@@ -1,13 +1,14 @@
-"""Real server processes for integration tests: the model server (`python -m services.model`) and gunicorn.
+"""Real server processes for the integration tests and the benchmark: the model server and gunicorn.
 
 Each starts on free loopback ports (never 8000/5576/8081), is waited on through its readiness endpoint
-(no fixed sleeps), and is terminated at the end of its scope.
+(no fixed sleeps), and is stopped by its owner.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,11 +17,19 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "build" / "models" / "efficientnet_lite0"
 BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (never one of the defaults)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in (8000, 5576, 8081):
+            return port
 
 
 def http_status(url: str, timeout: float = 2.0) -> int:
