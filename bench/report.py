@@ -1,0 +1,166 @@
+"""Turns a benchmark's results.json into a markdown table, summary lines and PNG plots."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def machine() -> dict[str, str | int]:
+    """Where the numbers came from."""
+    cpu = ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 1,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def batch_histogram(metrics: dict[str, float]) -> dict[float, float]:
+    """Per-bucket counts of batch sizes (not cumulative) from scraped bucket samples."""
+    cumulative = {}
+    for key, value in metrics.items():
+        match = re.match(r'zerolens_model_batch_size_bucket\{le="([^"]+)"\}', key)
+        if match and match.group(1) != "+Inf":
+            cumulative[float(match.group(1))] = value
+    out, previous = {}, 0.0
+    for le in sorted(cumulative):
+        out[le] = cumulative[le] - previous
+        previous = cumulative[le]
+    return out
+
+
+def _mean(metrics: dict[str, float], name: str) -> float | None:
+    count = metrics.get(f"{name}_count", 0)
+    return metrics.get(f"{name}_sum", 0) / count if count else None
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    ref = results["reference"]
+    lines = [
+        "# zerolens benchmark",
+        "",
+        f"Machine: {results['machine']['cpu']} ({results['machine']['cores']} cores), "
+        f"Python {results['machine']['python']}. {len(results['photos'])} photos, "
+        f"{results['duration_s']:g} s per level.",
+        "",
+        f"- **ceiling** (decode + inference, one after another, in-process): {ref['ceiling_rps']:.1f} "
+        f"images/s, {ref['ceiling_latency_ms']:.1f} ms per image (median)",
+        f"- **core costs**: decode {ref['decode_core_ms']:.2f} core-ms, inference "
+        f"{ref['inference_core_ms']:.2f} core-ms (1 thread, batch {ref['best_batch']}) "
+        f"→ **limit** {ref['limit_rps']:.1f} images/s "
+        f"on {ref['cores']} cores ({ref['limit_rps'] / ref['ceiling_rps']:.2f}× the ceiling)",
+        "",
+        "| system | c | images/s | × ceiling | × limit | p50 ms | p95 ms | p99 ms | errors | mean batch "
+        "| mean queue ms | loadgen CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for run in results["runs"]:
+        for lv in run["levels"]:
+            m = lv.get("model_metrics", {})
+            queue = _mean(m, "zerolens_model_queue_seconds")
+            rps = lv["throughput_rps"]
+            lines.append(
+                f"| {run['system']} | {lv['concurrency']} | {lv['throughput_rps']:.1f} "
+                f"| {rps / ref['ceiling_rps']:.2f} | {rps / ref['limit_rps']:.2f} "
+                f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
+                f"| {', '.join(f'{k}: {v}' for k, v in lv['errors'].items()) or '–'} "
+                f"| {_fmt(_mean(m, 'zerolens_model_batch_size'), 2)} "
+                f"| {_fmt(queue * 1000 if queue is not None else None)} | {lv['client_cpu_s']:.1f} |"
+            )
+    lines += ["", "Resident memory (MB) at the end of each run:", ""]
+    for run in results["runs"]:
+        for proc, rss in run["rss_mb"].items():
+            shown = ", ".join(f"{v:.0f}" for v in rss.values())
+            lines.append(f"- {run['system']} / {proc}: {shown} (process first, then its workers)")
+    lines += ["", "Summary:", "", "```", summary_lines(results), "```", ""]
+    return "\n".join(lines)
+
+
+def summary_lines(results: dict) -> str:
+    """One line per system: best throughput and its ratios, latency at c=1."""
+    ref = results["reference"]
+    out = []
+    for run in results["runs"]:
+        levels = run["levels"]
+        best = max(levels, key=lambda lv: lv["throughput_rps"])
+        first = levels[0]
+        out.append(
+            f"{run['system']:>15}: {best['throughput_rps']:7.1f} img/s at c={best['concurrency']:<3} "
+            f"({best['throughput_rps'] / ref['ceiling_rps']:.2f}× ceiling, "
+            f"{best['throughput_rps'] / ref['limit_rps']:.2f}× limit); "
+            f"p50 at c={first['concurrency']}: {first['p50_ms']:.1f} ms "
+            f"(ceiling {ref['ceiling_latency_ms']:.1f} ms)"
+        )
+    return "\n".join(out)
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    """throughput.png, latency.png and batch_sizes.png in out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = results["reference"]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in results["runs"]:
+        cs = [lv["concurrency"] for lv in run["levels"]]
+        ax.plot(cs, [lv["throughput_rps"] for lv in run["levels"]], marker="o", label=run["system"])
+    ax.axhline(ref["ceiling_rps"], linestyle="--", color="grey", label="ceiling (in-process)")
+    ax.axhline(ref["limit_rps"], linestyle=":", color="black", label="core-cost limit")
+    ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title="Throughput")
+    ax.legend()
+    paths.append(out / "throughput.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in results["runs"]:
+        cs = [lv["concurrency"] for lv in run["levels"]]
+        line = ax.plot(cs, [lv["p50_ms"] for lv in run["levels"]], marker="o", label=f"{run['system']} p50")
+        ax.plot(
+            cs, [lv["p99_ms"] for lv in run["levels"]], linestyle="--", color=line[0].get_color(), label="p99"
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent clients",
+        ylabel="ms",
+        title="Latency (p50, p99 dashed)",
+    )
+    ax.legend(fontsize=7)
+    paths.append(out / "latency.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in results["runs"]:
+        for lv in run["levels"]:
+            hist = batch_histogram(lv.get("model_metrics", {}))
+            if hist and lv["concurrency"] == max(x["concurrency"] for x in run["levels"]):
+                xs = [str(int(k)) for k in hist]
+                ax.bar(xs, list(hist.values()), alpha=0.6, label=f"{run['system']} c={lv['concurrency']}")
+    ax.set(xlabel="batch size (bucket upper bound)", ylabel="model calls", title="Batch sizes")
+    ax.legend()
+    paths.append(out / "batch_sizes.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+    plt.close("all")
+    return paths

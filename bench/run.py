@@ -1,0 +1,164 @@
+"""`make bench`: every system side by side on the same photos, with ratios to the in-process references.
+
+Systems: zerolens (tflite and keras runtimes), in-process (the model inside the Flask worker) and seed (the
+teaching project's design). Each is started on free loopback ports, warmed up, then driven by the
+closed-loop load generator at each concurrency level for a fixed duration. Results go to
+bench/results/<time>/: results.json, results.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bench import ceiling, loadgen, report
+from bench.photos import photo_set
+from bench.servers import BIN, ROOT, Proc, ensure_model, free_port, model_server, web_server
+
+SYSTEMS = ("zerolens-tflite", "zerolens-keras", "in-process", "seed")
+
+
+def _gunicorn(tmp: Path, name: str, app: str, env: dict[str, str], workers: int = 2) -> Proc:
+    port = free_port()
+    return Proc(
+        name=name,
+        argv=[str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}", "--timeout", "120", app],
+        env={**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        ready_url=f"http://127.0.0.1:{port}/healthz",
+        log_path=tmp / f"{name}.log",
+        ports={"http": port},
+    )
+
+
+def start_system(name: str, tmp: Path, settings: dict[str, str]) -> tuple[list[Proc], str, str | None]:
+    """Start one system; returns its processes (model first), the predict URL and a metrics URL."""
+    if name.startswith("zerolens-"):
+        model = model_server(tmp, runtime=name.split("-", 1)[1], **settings).start(timeout_s=180)
+        web = web_server(tmp, model.ports["zmq"]).start()
+        metrics = f"http://127.0.0.1:{model.ports['health']}/metrics"
+        return [model, web], f"http://127.0.0.1:{web.ports['http']}/api/v1/predict", metrics
+    if name == "in-process":
+        env = {"ZEROLENS_MODEL_DIR": str(ensure_model()), "ZEROLENS_INFERENCE_THREADS": "1"}
+        web = _gunicorn(tmp, name, "bench.baselines.inprocess:create_app()", env).start()
+        return [web], f"http://127.0.0.1:{web.ports['http']}/api/v1/predict", None
+    if name == "seed":
+        port = free_port()
+        model = Proc(
+            name="seed model server",
+            argv=[sys.executable, "-m", "bench.baselines.seed", "server", str(port), str(ensure_model())],
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            ready_url="log:seed model server ready",
+            log_path=tmp / "seed-model.log",
+        ).start(timeout_s=180)
+        web = _gunicorn(tmp, "seed-web", "bench.baselines.seed:create_app()", {"SEED_MODEL_PORT": str(port)})
+        web.start()
+        return [model, web], f"http://127.0.0.1:{web.ports['http']}/api/v1/predict", None
+    raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+
+
+def scrape(url: str | None) -> dict[str, float]:
+    """The model server's counters and histogram buckets, as {sample name with labels: value}."""
+    if url is None:
+        return {}
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        match = re.match(r"^(zerolens_model_(?:batch_size|queue_seconds|inference_seconds)\S*) (\S+)$", line)
+        if match:
+            out[match.group(1)] = float(match.group(2))
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def bench_system(
+    name: str,
+    tmp: Path,
+    bodies: list[tuple[bytes, str]],
+    levels: list[int],
+    duration_s: float,
+    settings: dict[str, str],
+    progress: Callable[[str], None],
+) -> dict:
+    """All levels for one system; the processes are stopped whatever happens."""
+    procs, url, metrics_url = start_system(name, tmp, settings)
+    try:
+        loadgen.run_level(url, bodies, levels[0], min(3.0, duration_s))  # warm-up, discarded
+        results = []
+        for c in levels:
+            progress(f"{name} c={c}")
+            before = scrape(metrics_url)
+            level = loadgen.run_level(url, bodies, c, duration_s)
+            results.append(level.summary() | {"model_metrics": delta(scrape(metrics_url), before)})
+        memory = {p.name: p.rss_mb() for p in procs}
+        return {"system": name, "levels": results, "rss_mb": memory}
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
+    parser.add_argument("--megapixels", default="0,1,2,5", help="photo sizes; 0 = the photo's own size")
+    parser.add_argument("--set", action="append", default=[], help="model server setting NAME=VALUE")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+
+    systems = [s for s in args.systems.split(",") if s]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    sizes = tuple(float(mp) or None for mp in args.megapixels.split(","))
+    settings = dict(item.split("=", 1) for item in args.set)
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    photos = photo_set(sizes)
+    bodies = [loadgen.multipart(p.data, f"{p.name}.jpg") for p in photos]
+
+    steps = tqdm(total=1 + len(systems) * len(levels), desc="bench", unit="step")
+    steps.set_postfix_str("reference (in-process ceiling and core costs)")
+    reference = ceiling.measure(photos, str(ensure_model()), duration_s=max(2.0, args.duration / 3))
+    steps.update()
+    runs = []
+    for name in systems:
+
+        def progress(label: str) -> None:
+            steps.set_postfix_str(label)
+            steps.update()
+
+        runs.append(bench_system(name, out, bodies, levels, args.duration, settings, progress))
+    steps.close()
+
+    results = {
+        "machine": report.machine(),
+        "photos": [
+            {"name": p.name, "megapixels": round(p.megapixels, 2), "bytes": len(p.data)} for p in photos
+        ],
+        "reference": asdict(reference) | {"limit_rps": reference.limit_rps},
+        "duration_s": args.duration,
+        "settings": settings,
+        "runs": runs,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(report.markdown(results))
+    report.plots(results, out)
+    print(report.summary_lines(results))
+    print(f"results: {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
