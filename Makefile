@@ -8,11 +8,12 @@ EXTRAS ?= web,model,weights,dev,bench
 MODEL_DIR ?= build/models/efficientnet_lite0
 WEB_PORT ?= 8000
 
-.PHONY: help venv model run test lint clean
+.PHONY: help venv model run test lint bench clean
 
 help:
 	@echo "make run    build the model if missing, start the model server and the web tier on :$(WEB_PORT)"
 	@echo "make test   lint and run the whole test suite"
+	@echo "make bench  benchmark zerolens against the ceiling and the baselines (BENCH_ARGS=--help)"
 	@echo "make model  convert the packaged EfficientNet-Lite0 weights into $(MODEL_DIR)"
 
 $(VENV)/.installed: pyproject.toml
@@ -37,6 +38,9 @@ lint: venv
 
 test: model lint
 	$(BIN)/python -m pytest -q
+
+bench: model
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,28 @@
+"""A tiny `make bench` run: the harness starts every system, measures and reports (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import run
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_harness_runs_end_to_end(tmp_path):
+    argv = ["--systems", "zerolens-tflite,in-process,seed", "--concurrency", "1,2", "--duration", "1"]
+    out = run.main([*argv, "--megapixels", "0", "--out", str(tmp_path)])
+    results = json.loads((out / "results.json").read_text())
+    assert [r["system"] for r in results["runs"]] == ["zerolens-tflite", "in-process", "seed"]
+    for system in results["runs"]:
+        assert [lv["concurrency"] for lv in system["levels"]] == [1, 2]
+        assert all(lv["ok"] > 0 and not lv["errors"] for lv in system["levels"]), system
+    zerolens = results["runs"][0]["levels"][-1]["model_metrics"]
+    assert zerolens["zerolens_model_batch_size_count"] > 0  # the model server's metrics were scraped
+    assert results["reference"]["ceiling_rps"] > 0 and results["reference"]["limit_rps"] > 0
+    table = (out / "results.md").read_text()
+    assert "| zerolens-tflite | 2 |" in table and "× ceiling" in table
+    for plot in ("throughput.png", "latency.png", "batch_sizes.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
