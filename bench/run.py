@@ -44,7 +44,7 @@ def start_system(name: str, tmp: Path, settings: dict[str, str]) -> tuple[list[P
     """Start one system; returns its processes (model first), the predict URL and a metrics URL."""
     if name.startswith("zerolens-"):
         model = model_server(tmp, runtime=name.split("-", 1)[1], **settings).start(timeout_s=180)
-        web = web_server(tmp, model.ports["zmq"]).start()
+        web = web_server(tmp, model.ports["zmq"]).start()  # if it fails, the atexit net stops the model
         metrics = f"http://127.0.0.1:{model.ports['health']}/metrics"
         return [model, web], f"http://127.0.0.1:{web.ports['http']}/api/v1/predict", metrics
     if name == "in-process":

@@ -6,6 +6,7 @@ Each starts on free loopback ports (never 8000/5576/8081), is waited on through 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -58,6 +59,7 @@ class Proc:
     def start(self, timeout_s: float = 120) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _running.append(self)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -93,6 +95,17 @@ class Proc:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+_running: list[Proc] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Safety net: a failed test or benchmark never leaves a server holding ports and cores."""
+    for proc in _running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.stop(signal.SIGKILL, timeout_s=5)
 
 
 def _children(pid: int) -> list[int]:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 SEND_POLL_MS = 20  # while no server is connected yet, re-check this often (connects take a few ms)
 RECONNECT_IVL_MS = 100  # first reconnect after a server vanished: soon, a restarted pod is back quickly
-RECONNECT_IVL_MAX_MS = 2_000  # back off to this, so a dead endpoint costs little
+RECONNECT_IVL_MAX_MS = 1_000  # backoff cap: a SYN a second to a dead endpoint; a returning one waits ≤ 1 s
 SOCKET_HWM = 16  # one request in flight per socket; a deep queue would only hold stale work
 MAX_REPLY_BYTES = 1 << 20  # replies are a few KB; a bigger message is garbage and cuts the connection
 # While no server is connected a try waits at most CONNECT_WAIT_MS for one (a connect takes a few ms; a

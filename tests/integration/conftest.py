@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -13,8 +13,26 @@ from bench.servers import Proc, model_server, web_server
 def stack(tmp_path_factory) -> Iterator[tuple[Proc, Proc]]:
     """A real model server (TFLite) and a real gunicorn web tier, shared by a test module."""
     tmp = tmp_path_factory.mktemp("stack")
-    model = model_server(tmp, max_batch_delay_ms=10).start()
-    web = web_server(tmp, model.ports["zmq"]).start()
-    yield model, web
-    web.stop()
-    model.stop()
+    model = model_server(tmp, max_batch_delay_ms=10)
+    web = web_server(tmp, 0)
+    try:
+        model.start()
+        web.env["ZEROLENS_MODEL_SERVER"] = f"127.0.0.1:{model.ports['zmq']}"
+        yield model, web.start()
+    finally:
+        web.stop()
+        model.stop()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[[Proc], Proc]]:
+    """Start a server process for one test; whatever happens, it is stopped when the test ends."""
+    started: list[Proc] = []
+
+    def start(proc: Proc, timeout_s: float = 120) -> Proc:
+        started.append(proc)
+        return proc.start(timeout_s)
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()

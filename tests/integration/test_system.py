@@ -105,100 +105,78 @@ def test_unusual_but_valid_images_are_classified(stack, bad_uploads, name):
     assert len(resp.json()["predictions"]) == 5
 
 
-def test_upload_over_the_limit_is_413(tmp_path, photos):
+def test_upload_over_the_limit_is_413(tmp_path, photos, spawn):
     limit = len(photos["coffee.jpg"].data) + 10_000
     assert len(photos["chelsea.png"].data) > limit
-    model = model_server(tmp_path).start()
-    web = web_server(tmp_path, model.ports["zmq"], max_upload_bytes=limit).start()
-    try:
-        resp = predict(web, photos["chelsea.png"])
-        assert resp.status_code == 413
-        assert predict(web, photos["coffee.jpg"]).status_code == 200
-    finally:
-        web.stop()
-        model.stop()
+    model = spawn(model_server(tmp_path))
+    web = spawn(web_server(tmp_path, model.ports["zmq"], max_upload_bytes=limit))
+    resp = predict(web, photos["chelsea.png"])
+    assert resp.status_code == 413
+    assert predict(web, photos["coffee.jpg"]).status_code == 200
 
 
-def test_model_server_down_then_restarted(tmp_path, photos):
+def test_model_server_down_then_restarted(tmp_path, photos, spawn):
     """Stopped: the web answers 503/504 within its timeout, no worker hangs. Restarted: it recovers alone."""
-    model = model_server(tmp_path).start()
+    model = spawn(model_server(tmp_path))
     port = model.ports["zmq"]
-    web = web_server(tmp_path, port, request_timeout_ms=3000, attempt_timeout_ms=1000, retries=1).start()
+    web = spawn(web_server(tmp_path, port, request_timeout_ms=3000, attempt_timeout_ms=1000, retries=1))
     base = f"http://127.0.0.1:{web.ports['http']}"
-    try:
-        assert predict(web, photos["coffee.jpg"]).status_code == 200
-        assert http_status(base + "/readyz") == 200
-        assert model.stop() == 0  # SIGTERM: drains and exits cleanly
+    assert predict(web, photos["coffee.jpg"]).status_code == 200
+    assert http_status(base + "/readyz") == 200
+    assert model.stop() == 0  # SIGTERM: drains and exits cleanly
 
-        def timed() -> tuple[int, float]:
-            start = time.monotonic()
-            return predict(web, photos["coffee.jpg"]).status_code, time.monotonic() - start
+    def timed() -> tuple[int, float]:
+        start = time.monotonic()
+        return predict(web, photos["coffee.jpg"]).status_code, time.monotonic() - start
 
-        with ThreadPoolExecutor(8) as pool:  # more requests than gunicorn has threads: none may hang
-            results = list(pool.map(lambda _: timed(), range(8)))
-        assert all(code in (503, 504) for code, _ in results), results
-        assert all(elapsed < 3.0 + 2.0 for _, elapsed in results), results
-        assert http_status(base + "/readyz") == 503
+    with ThreadPoolExecutor(8) as pool:  # more requests than gunicorn has threads: none may hang
+        results = list(pool.map(lambda _: timed(), range(8)))
+    assert all(code in (503, 504) for code, _ in results), results
+    assert all(elapsed < 3.0 + 2.0 for _, elapsed in results), results
+    assert http_status(base + "/readyz") == 503
 
-        restarted = model_server(tmp_path, port=port).start()
-        try:
-            deadline = time.monotonic() + 20
-            while http_status(base + "/readyz") != 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            resp = predict(web, photos["coffee.jpg"])
-            assert resp.status_code == 200, resp.text
-            assert resp.json()["predictions"][0]["label"] == "espresso"
-        finally:
-            restarted.stop()
-    finally:
-        web.stop()
-        model.stop()
+    spawn(model_server(tmp_path, port=port))
+    # Each gunicorn thread's socket reconnects on its own backoff (at most 1 s): poll, don't assume.
+    deadline = time.monotonic() + 20
+    while (resp := predict(web, photos["coffee.jpg"])).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["predictions"][0]["label"] == "espresso"
+    assert http_status(base + "/readyz") == 200
 
 
-def test_keras_runtime_serves_the_same_answers(tmp_path, photos):
-    model = model_server(tmp_path, runtime="keras").start(timeout_s=180)
-    web = web_server(tmp_path, model.ports["zmq"]).start()
-    try:
-        cat = predict(web, photos["chelsea.jpg"], top_k=3).json()
-        assert CATS & {p["label"] for p in cat["predictions"]}
-        coffee = predict(web, photos["coffee.jpg"]).json()
-        assert coffee["predictions"][0]["label"] == "espresso"
-    finally:
-        web.stop()
-        assert model.stop() == 0
+def test_keras_runtime_serves_the_same_answers(tmp_path, photos, spawn):
+    model = spawn(model_server(tmp_path, runtime="keras"), timeout_s=180)
+    web = spawn(web_server(tmp_path, model.ports["zmq"]))
+    cat = predict(web, photos["chelsea.jpg"], top_k=3).json()
+    assert CATS & {p["label"] for p in cat["predictions"]}
+    coffee = predict(web, photos["coffee.jpg"]).json()
+    assert coffee["predictions"][0]["label"] == "espresso"
+    assert model.stop() == 0
 
 
-def test_sigterm_drains_in_flight_requests(tmp_path, photos):
-    model = model_server(tmp_path, max_batch_delay_ms=200, max_batch_size=64).start()
-    web = web_server(tmp_path, model.ports["zmq"]).start()
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(predict, web, photos["coffee.jpg"]) for _ in range(4)]
-            deadline = time.monotonic() + 10
-            while (in_flight := model_metric(model, "zerolens_model_in_flight")) < 1:
-                assert time.monotonic() < deadline, "requests never reached the model server"
-            # The batch stays open for 200 ms: SIGTERM lands while these requests are in flight.
-            assert model.stop(signal.SIGTERM) == 0
-            codes = [f.result().status_code for f in futures]
-        assert codes.count(200) >= in_flight and set(codes) <= {200, 503}, codes
-    finally:
-        web.stop()
-        model.stop()
+def test_sigterm_drains_in_flight_requests(tmp_path, photos, spawn):
+    model = spawn(model_server(tmp_path, max_batch_delay_ms=200, max_batch_size=64))
+    web = spawn(web_server(tmp_path, model.ports["zmq"]))
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(predict, web, photos["coffee.jpg"]) for _ in range(4)]
+        deadline = time.monotonic() + 10
+        while (in_flight := model_metric(model, "zerolens_model_in_flight")) < 1:
+            assert time.monotonic() < deadline, "requests never reached the model server"
+        # The batch stays open for 200 ms: SIGTERM lands while these requests are in flight.
+        assert model.stop(signal.SIGTERM) == 0
+        codes = [f.result().status_code for f in futures]
+    assert codes.count(200) >= in_flight and set(codes) <= {200, 503}, codes
 
 
-def test_requests_spread_over_several_model_servers_and_survive_one_dying(tmp_path, photos):
-    first, second = model_server(tmp_path).start(), model_server(tmp_path).start()
+def test_requests_spread_over_several_model_servers_and_survive_one_dying(tmp_path, photos, spawn):
+    first, second = spawn(model_server(tmp_path)), spawn(model_server(tmp_path))
     endpoints = ",".join(f"tcp://127.0.0.1:{m.ports['zmq']}" for m in (first, second))
-    web = web_server(tmp_path, 0, model_server=endpoints, attempt_timeout_ms=1500).start()
-    try:
-        for _ in range(12):
-            assert predict(web, photos["coffee.jpg"]).status_code == 200
-        served = [model_metric(m, 'zerolens_model_requests_total{status="OK"}') for m in (first, second)]
-        assert all(n > 0 for n in served), served  # the DEALER spreads work over every endpoint
-        first.stop(signal.SIGKILL)  # a crash: no drain, no goodbye
-        codes = [predict(web, photos["coffee.jpg"]).status_code for _ in range(12)]
-        assert codes == [200] * 12, codes
-    finally:
-        web.stop()
-        first.stop()
-        second.stop()
+    web = spawn(web_server(tmp_path, 0, model_server=endpoints, attempt_timeout_ms=1500))
+    for _ in range(12):
+        assert predict(web, photos["coffee.jpg"]).status_code == 200
+    served = [model_metric(m, 'zerolens_model_requests_total{status="OK"}') for m in (first, second)]
+    assert all(n > 0 for n in served), served  # the DEALER spreads work over every endpoint
+    first.stop(signal.SIGKILL)  # a crash: no drain, no goodbye
+    codes = [predict(web, photos["coffee.jpg"]).status_code for _ in range(12)]
+    assert codes == [200] * 12, codes

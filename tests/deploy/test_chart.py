@@ -1,0 +1,269 @@
+"""The rendered Helm chart: what the services need from Kubernetes, checked against their own code."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from services import config
+from services.web import discovery
+from tests.deploy.conftest import (
+    CHART,
+    CI_VALUES,
+    ROOT,
+    container,
+    env,
+    find,
+    helm_template_error,
+    pod_specs,
+    render,
+)
+
+ALL_VALUES = [None, *CI_VALUES]  # None: the chart's defaults
+WEB, MODEL = "zerolens-web", "zerolens-model"
+
+
+def routes(path: str, pattern: str) -> set[str]:
+    """The URL paths a service serves, read from its source so that renaming a route breaks these tests."""
+    found = set(re.findall(pattern, (ROOT / path).read_text()))
+    assert found, f"no routes found in {path}"
+    return found
+
+
+WEB_ROUTES = routes("services/web/views.py", r'@bp\.get\("(/[^"]*)"\)')
+MODEL_ROUTES = routes("services/model/health.py", r'"(/[a-z]+)"')
+
+
+def settings_file(docs: list[dict], name: str, key: str) -> dict:
+    """The YAML settings file a ConfigMap holds under `key`."""
+    return yaml.safe_load(find(docs, "ConfigMap", name)["data"][key])
+
+
+def load_as_service(cls: type, docs: list[dict], tmp_path: Path, name: str, key: str):
+    """Load the rendered settings as the container would: the file via ZEROLENS_CONFIG, plus its env."""
+    path = tmp_path / key
+    path.write_text(find(docs, "ConfigMap", name)["data"][key])
+    c = container(docs, name)
+    mounted = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["config"]
+    environ = env(c)
+    assert environ["ZEROLENS_CONFIG"] == f"{mounted}/{key}", "ZEROLENS_CONFIG must name the mounted file"
+    return config.load(cls, environ={**environ, "ZEROLENS_CONFIG": str(path)})
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_model_service_is_headless_with_the_zmq_port(values: str | None) -> None:
+    docs = render(values=values)
+    service = find(docs, "Service", MODEL)
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is False
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["zmq"]["port"] == config.ModelConfig.port == 5576
+    assert ports["zmq"]["targetPort"] == "zmq"
+    pod_labels = find(docs, "Deployment", MODEL)["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "model"
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_gpu_limit_only_with_gpu_values(values: str | None) -> None:
+    docs = render(values=values)
+    model = container(docs, MODEL)
+    spec = find(docs, "Deployment", MODEL)["spec"]["template"]["spec"]
+    gpus = model["resources"]["limits"].get("nvidia.com/gpu")
+    if values == "gpu.yaml":
+        assert gpus == 1
+        assert model["image"].endswith("-gpu")
+        assert spec["runtimeClassName"] == "nvidia"
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert settings_file(docs, MODEL, "model.yaml")["model_runtime"] == "keras"
+    else:
+        assert gpus is None
+        assert model["image"].endswith("-cpu") or values == "cpu-kind.yaml"
+        assert "runtimeClassName" not in spec and "tolerations" not in spec
+    for name, pod in pod_specs(docs):  # and never on anything else
+        for c in pod["containers"]:
+            assert "nvidia.com/gpu" not in str(c["resources"]) or name == f"Deployment/{MODEL}"
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_probes_hit_real_routes_on_named_container_ports(values: str | None) -> None:
+    docs = render(values=values)
+    expected = {
+        WEB: (WEB_ROUTES, {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}),
+        MODEL: (
+            MODEL_ROUTES,
+            {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"},
+        ),
+    }
+    for name, (served, probes) in expected.items():
+        c = container(docs, name)
+        port_names = {p["name"] for p in c["ports"]}
+        for probe, path in probes.items():
+            http = c[probe]["httpGet"]
+            assert http["path"] == path and path in served, f"{name} {probe}: {path} is not served"
+            assert http["port"] in port_names, f"{name} {probe}: no container port named {http['port']}"
+    assert {p["name"]: p["containerPort"] for p in container(docs, MODEL)["ports"]} == {
+        "zmq": 5576,
+        "metrics": 8081,
+    }
+    assert [(p["name"], p["containerPort"]) for p in container(docs, WEB)["ports"]] == [("http", 8000)]
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_every_container_has_limits_and_the_full_security_context(values: str | None) -> None:
+    docs = render(values=values)
+    specs = pod_specs(docs)
+    assert {name.split("/")[0] for name, _ in specs} == {"Deployment", "Pod"}  # the helm test pod too
+    for name, pod in specs:
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for c in pod["containers"]:
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= c["resources"][kind].keys(), f"{name}: {kind}"
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == sc["runAsGroup"] == 10001, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts or name.startswith("Pod/"), f"{name}: /tmp must be writable"
+    assert env(container(docs, WEB))["PROMETHEUS_MULTIPROC_DIR"] in {
+        m["mountPath"] for m in container(docs, WEB)["volumeMounts"]
+    }
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_config_keys_are_exactly_the_config_fields(values: str | None) -> None:
+    docs = render(values=values)
+    web_fields = {f.name for f in dataclasses.fields(config.WebConfig)}
+    model_fields = {f.name for f in dataclasses.fields(config.ModelConfig)}
+    # model_server comes from ZEROLENS_MODEL_SERVER (the release's Service); host keeps its default (all
+    # interfaces); model_dir is written only when model.modelDir is set (else the image's path applies).
+    assert set(settings_file(docs, WEB, "web.yaml")) == web_fields - {"model_server"}
+    assert set(settings_file(docs, MODEL, "model.yaml")) == model_fields - {"host", "model_dir"}
+    with_dir = render("--set", "model.modelDir=/models/lite0", values=values)
+    assert settings_file(with_dir, MODEL, "model.yaml")["model_dir"] == "/models/lite0"
+
+
+@pytest.mark.parametrize("values", ALL_VALUES)
+def test_rendered_settings_load_in_the_services(values: str | None, tmp_path: Path) -> None:
+    docs = render(values=values)
+    web = load_as_service(config.WebConfig, docs, tmp_path, WEB, "web.yaml")
+    model = load_as_service(config.ModelConfig, docs, tmp_path, MODEL, "model.yaml")
+    assert discovery.parse(web.model_server)  # create_app() does the same at start
+    assert model.port == 5576 and model.health_port == 8081
+    assert model.model_runtime == ("keras" if values == "gpu.yaml" else "tflite")
+    if values == "gpu.yaml":
+        assert model.max_batch_size == 32 and model.batch_sizes() == [1, 2, 4, 8, 16, 32]
+    if values == "ingress-tls.yaml":
+        assert web.max_upload_bytes == model.max_upload_bytes == 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("release", "namespace", "prefix"),
+    [("zerolens", "zerolens", "zerolens"), ("prod", "ml", "prod-zerolens")],
+)
+def test_web_finds_every_model_pod_through_the_headless_service(
+    release: str, namespace: str, prefix: str
+) -> None:
+    docs = render(release=release, namespace=namespace)
+    address = env(container(docs, f"{prefix}-web"))["ZEROLENS_MODEL_SERVER"]
+    assert address == f"{prefix}-model.{namespace}.svc.cluster.local:5576"
+    service = find(docs, "Service", f"{prefix}-model")
+    assert service["spec"]["clusterIP"] == "None"
+    assert {"name": "zmq", "port": 5576, "targetPort": "zmq", "protocol": "TCP"} in service["spec"]["ports"]
+
+
+@pytest.mark.parametrize("drain_s", [25, 100])
+def test_grace_period_outlasts_prestop_and_drain(drain_s: int) -> None:
+    docs = render("--set", f"model.drainTimeoutSeconds={drain_s}")
+    spec = find(docs, "Deployment", MODEL)["spec"]["template"]["spec"]
+    settings = settings_file(docs, MODEL, "model.yaml")
+    pre_stop = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert settings["drain_timeout_s"] == drain_s
+    assert spec["terminationGracePeriodSeconds"] > pre_stop + settings["drain_timeout_s"]
+    # gunicorn's graceful_timeout is max(30, request timeout + 5) s (services/web/gunicorn.conf.py)
+    web_spec = find(docs, "Deployment", WEB)["spec"]["template"]["spec"]
+    web_pre_stop = int(web_spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1])
+    graceful_s = max(30, settings_file(docs, WEB, "web.yaml")["request_timeout_ms"] // 1000 + 5)
+    assert web_spec["terminationGracePeriodSeconds"] > web_pre_stop + graceful_s
+
+
+def checksums(*args: str) -> dict[str, str]:
+    docs = render(*args)
+    return {
+        name: find(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        for name in (WEB, MODEL)
+    }
+
+
+def test_checksum_annotation_follows_each_settings_file() -> None:
+    default = checksums()
+    batch = checksums("--set", "model.batching.maxBatchSize=8")
+    top_k = checksums("--set", "web.topK=3")
+    upload = checksums("--set", "limits.maxUploadBytes=1048576")
+    assert batch[MODEL] != default[MODEL] and batch[WEB] == default[WEB]
+    assert top_k[WEB] != default[WEB] and top_k[MODEL] == default[MODEL]
+    assert upload[WEB] != default[WEB] and upload[MODEL] != default[MODEL]  # a setting of both tiers
+    assert checksums("--set", "web.replicaCount=5") == default  # not a settings change: no roll
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--set", "model.gpu.enabled=true", "--set", "model.runtime=tflite"],
+     "model.gpu.enabled requires model.runtime=keras"),
+    (["--set", "model.runtime=tf"], 'model.runtime must be one of the following: "tflite", "keras"'),
+    (["--set", "web.image.repository="],
+     "web.image.repository: String length must be greater than or equal to 1"),
+    (["--set", "web.modelClient.attemptTimeoutMs=20000"], "--set web.modelClient.attemptTimeoutMs=10000"),
+])  # fmt: skip
+def test_bad_values_fail_with_the_fix_in_the_message(args: list[str], expected: str) -> None:
+    assert expected in helm_template_error(*args)
+
+
+@pytest.mark.parametrize(("values", "body_size"), [("ingress-tls.yaml", "11m"), (None, "21m")])
+def test_ingress_lets_a_maximal_upload_through_to_the_web_tier(values: str | None, body_size: str) -> None:
+    docs = render("--set", "ingress.enabled=true", values=values)
+    ingress = find(docs, "Ingress", WEB)
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == body_size
+    (rule,) = ingress["spec"]["rules"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == WEB and backend["port"]["name"] in {
+        p["name"] for p in find(docs, "Service", WEB)["spec"]["ports"]
+    }
+    if values == "ingress-tls.yaml":
+        assert ingress["spec"]["tls"] == [{"secretName": "zerolens-tls", "hosts": [rule["host"]]}]
+
+
+def test_helm_test_uploads_a_real_photo_shipped_in_the_chart() -> None:
+    photo = (CHART / "files" / "coffee.jpg").read_bytes()
+    assert len(photo) <= 30 * 1024
+    with Image.open(io.BytesIO(photo)) as img:
+        assert img.format == "JPEG" and min(img.size) >= 200
+    docs = render()
+    hooks = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    assert {d["kind"] for d in hooks} == {"ConfigMap", "Pod"}
+    data = find(hooks, "ConfigMap", "zerolens-test-classify")
+    assert base64.b64decode(data["binaryData"]["coffee.jpg"]) == photo
+    command = find(hooks, "Pod", "zerolens-test-classify")["spec"]["containers"][0]["command"]
+    assert command[-1] == "espresso" and command[2] == "http://zerolens-web:80/api/v1/predict?top_k=3"
+    assert "/api/v1/predict" in routes("services/web/views.py", r'@bp\.post\("(/[^"]*)"\)')
+
+
+def test_model_pods_take_zmq_only_from_web_pods() -> None:
+    docs = render()
+    policy = find(docs, "NetworkPolicy", MODEL)
+    zmq_rule, metrics_rule = policy["spec"]["ingress"]
+    web_labels = find(docs, "Deployment", WEB)["spec"]["template"]["metadata"]["labels"]
+    assert zmq_rule["ports"] == [{"port": "zmq", "protocol": "TCP"}]
+    (peer,) = zmq_rule["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= web_labels.items()
+    assert metrics_rule == {"from": [{"podSelector": {}}], "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    assert not any(d["kind"] == "NetworkPolicy" for d in render(values="minimal.yaml"))

@@ -1,0 +1,119 @@
+"""k8s/ (kustomize) against the Helm chart: same objects, names, ports, probes, settings and GPU resources."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services import config
+from tests.deploy.conftest import container, env, find, kustomize, render
+
+# Labels and annotations only one of the two carries: Helm's bookkeeping and the chart's rollout checksum
+# (kustomize rolls pods through the ConfigMap name's content hash instead).
+HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version"}
+GPU_CHART = ("--set", "model.gpu.enabled=true", "--set", "model.runtime=keras")
+CONFIGS = {
+    "zerolens-web": ("web.yaml", config.WebConfig),
+    "zerolens-model": ("model.yaml", config.ModelConfig),
+}
+
+
+def _strip_hash(name: str) -> str:
+    return re.sub(r"-[a-z0-9]{10}$", "", name)
+
+
+def normalise(doc: dict) -> dict:
+    """The object without what legitimately differs between a Helm release and a kustomize build."""
+    doc = copy.deepcopy(doc)
+    metas = [doc["metadata"]]
+    if doc["kind"] == "Deployment":
+        metas.append(doc["spec"]["template"]["metadata"])
+        for volume in doc["spec"]["template"]["spec"]["volumes"]:
+            if "configMap" in volume:
+                volume["configMap"]["name"] = _strip_hash(volume["configMap"]["name"])
+    for meta in metas:
+        meta.pop("namespace", None)
+        for label in HELM_ONLY_LABELS:
+            meta.get("labels", {}).pop(label, None)
+        meta.get("annotations", {}).pop("checksum/config", None)
+        if not meta.get("annotations", True):
+            del meta["annotations"]
+    if doc["kind"] == "ConfigMap":
+        doc["metadata"]["name"] = _strip_hash(doc["metadata"]["name"])
+        doc["data"] = {key: yaml.safe_load(text) for key, text in doc["data"].items()}  # comments aside
+    return doc
+
+
+def by_key(docs) -> dict[tuple[str, str], dict]:
+    return {(d["kind"], _strip_hash(d["metadata"]["name"])): normalise(d) for d in docs}
+
+
+def chart_objects(*args: str) -> list[dict]:
+    """The chart's release objects, without the `helm test` hooks."""
+    return [d for d in render(*args) if "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+
+
+def effective_settings(docs, name: str, tmp_path: Path):
+    """What the service would run with: the mounted settings file, overridden by ZEROLENS_* in its env."""
+    key, cls = CONFIGS[name]
+    path = tmp_path / f"{len(list(tmp_path.iterdir()))}-{key}"
+    path.write_text(find(docs, "ConfigMap", name)["data"][key])
+    return config.load(cls, environ={**env(container(docs, name)), "ZEROLENS_CONFIG": str(path)})
+
+
+def test_cpu_overlay_is_the_chart_with_its_defaults() -> None:
+    chart, manifests = by_key(chart_objects()), by_key(kustomize("cpu"))
+    assert sorted(manifests) == sorted(chart)
+    for key, obj in chart.items():
+        assert manifests[key] == obj, f"{key[0]}/{key[1]} differs between k8s/overlays/cpu and the chart"
+
+
+def test_every_object_lands_in_the_zerolens_namespace() -> None:
+    for overlay in ("cpu", "gpu"):
+        assert {d["metadata"].get("namespace") for d in kustomize(overlay)} == {"zerolens"}
+
+
+def test_gpu_overlay_matches_the_chart_with_gpu_enabled(tmp_path: Path) -> None:
+    chart_docs, manifest_docs = chart_objects(*GPU_CHART), list(kustomize("gpu"))
+    chart, manifests = by_key(chart_docs), by_key(manifest_docs)
+    assert sorted(manifests) == sorted(chart)
+
+    # The settings each server would run with are the same: the overlay switches the runtime by environment,
+    # the chart in the file.
+    for name in CONFIGS:
+        ours, theirs = (
+            effective_settings(manifest_docs, name, tmp_path),
+            effective_settings(chart_docs, name, tmp_path),
+        )
+        assert dataclasses.asdict(ours) == dataclasses.asdict(theirs), name
+    assert effective_settings(manifest_docs, "zerolens-model", tmp_path).model_runtime == "keras"
+
+    model = manifests["Deployment", "zerolens-model"]
+    model_env = model["spec"]["template"]["spec"]["containers"][0]["env"]
+    model_env.remove({"name": "ZEROLENS_MODEL_RUNTIME", "value": "keras"})
+    manifests["ConfigMap", "zerolens-model"] = chart["ConfigMap", "zerolens-model"]  # compared just above
+    for key, obj in chart.items():
+        assert manifests[key] == obj, f"{key[0]}/{key[1]} differs between k8s/overlays/gpu and the chart"
+
+
+def test_gpu_limit_only_in_the_gpu_overlay() -> None:
+    cpu = container(kustomize("cpu"), "zerolens-model")
+    gpu = container(kustomize("gpu"), "zerolens-model")
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu["image"].endswith("-gpu") and cpu["image"].endswith("-cpu")
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_config_map_names_carry_a_content_hash(overlay: str) -> None:
+    docs = kustomize(overlay)
+    for name in CONFIGS:
+        generated = find(docs, "ConfigMap", name)["metadata"]["name"]
+        assert generated != name and _strip_hash(generated) == name
+        volumes = find(docs, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "config", "configMap": {"name": generated}} in volumes
