@@ -45,6 +45,9 @@ class WebConfig(ImageLimits):
     ready_timeout_ms: int = 1_000  # /readyz ping budget
     heartbeat_ivl_ms: int = 1_000  # ZMTP heartbeats: a silent network cut is noticed in ~3 intervals
     top_k: int = 5  # predictions returned when the caller does not ask
+    # Decode, crop and resize in the web workers and send the model server 224×224 pixels (150 KB) instead
+    # of the upload: decoding then scales with the web pods, and a GPU pod's few cores only run the model.
+    decode_in_web: bool = True
     retry_after_s: int = 1  # Retry-After header on 503
 
 

@@ -3,7 +3,7 @@
 Every message is a multipart ZeroMQ message. After the routing envelope (which a ROUTER adds and a
 DEALER client never sees) come:
 
-    request:  b""  |  VERSION  |  header (JSON)  |  image bytes (raw, never base64; absent for "ping")
+    request:  b""  |  VERSION  |  header (JSON)  |  image (raw, never base64; absent for "ping")
     reply:    b""  |  VERSION  |  reply (JSON)
 
 The empty delimiter frame keeps REQ clients working too. The version frame is checked before any JSON is
@@ -25,6 +25,12 @@ DELIMITER = b""
 OP_CLASSIFY = "classify"
 OP_PING = "ping"  # readiness probe from the web tier: no payload, answers OK with the model name
 OPS = (OP_CLASSIFY, OP_PING)
+
+# The image frame holds either the uploaded file (JPEG/PNG; the server decodes it) or pixels the client
+# already decoded, centre-cropped and resized to the model's input: height × width × 3 uint8, row-major RGB.
+ENCODING_IMAGE = "image"
+ENCODING_RGB8 = "rgb8"
+ENCODINGS = (ENCODING_IMAGE, ENCODING_RGB8)
 
 MAX_HEADER_BYTES = 4096  # a header is ~150 bytes; anything bigger is garbage or an attack
 MAX_TOP_K = 100
@@ -59,6 +65,8 @@ class Request:
     op: str = OP_CLASSIFY
     top_k: int = 5
     image: bytes | memoryview = b""
+    encoding: str = ENCODING_IMAGE
+    shape: tuple[int, int, int] | None = None  # rgb8 only
 
     def remaining_s(self, now: float | None = None) -> float:
         """Seconds left before the deadline (negative when it has passed)."""
@@ -83,6 +91,9 @@ class Reply:
     timings_ms: dict[str, float] = field(default_factory=dict)  # queue, preprocess, inference, total
     batch_size: int = 0
     model: str = ""
+    # In ping replies: the model's input, so a client can send rgb8 pixels of the right size.
+    input_size: int = 0
+    crop_fraction: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -106,6 +117,9 @@ def encode_request(request: Request) -> list[bytes | memoryview]:
     header = {"v": 1, "id": request.request_id, "op": request.op, "deadline_ms": request.deadline_ms}
     if request.op == OP_CLASSIFY:
         header["top_k"] = request.top_k
+        if request.encoding != ENCODING_IMAGE:
+            header["encoding"] = request.encoding
+            header["shape"] = list(request.shape or ())
     frames: list[bytes | memoryview] = [DELIMITER, VERSION, json.dumps(header).encode()]
     if request.op == OP_CLASSIFY:
         frames.append(request.image)
@@ -180,7 +194,18 @@ def decode_request(body: list[Any]) -> Request:
         return Request(request_id=rid, deadline_ms=deadline_ms, op=op, top_k=top_k)
     if len(body) != 3:
         raise ProtocolError(f"a classify request has exactly 3 frames after the envelope, got {len(body)}")
-    return Request(request_id=rid, deadline_ms=deadline_ms, op=op, top_k=top_k, image=body[2])
+    encoding = header.get("encoding", ENCODING_IMAGE)
+    if encoding not in ENCODINGS:
+        raise ProtocolError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+    shape = None
+    if encoding == ENCODING_RGB8:
+        raw = header.get("shape")
+        if not (isinstance(raw, list) and len(raw) == 3 and all(type(d) is int and d > 0 for d in raw)):
+            raise ProtocolError("header.shape must be [height, width, 3] for rgb8")
+        shape = (raw[0], raw[1], raw[2])
+        if shape[2] != 3 or shape[0] * shape[1] * 3 != len(body[2]):
+            raise ProtocolError(f"rgb8 image frame is {len(body[2])} bytes, not {shape[0]}×{shape[1]}×3")
+    return Request(rid, deadline_ms, op, top_k, body[2], encoding, shape)
 
 
 # --- replies --------------------------------------------------------------------------------------------
@@ -198,6 +223,8 @@ def encode_reply(reply: Reply) -> list[bytes]:
         ]
         body["batch_size"] = reply.batch_size
         body["model"] = reply.model
+    if reply.input_size:
+        body["input"] = {"size": reply.input_size, "crop_fraction": reply.crop_fraction}
     if reply.timings_ms:
         body["timings_ms"] = {k: round(v, 3) for k, v in reply.timings_ms.items()}
     return [DELIMITER, VERSION, json.dumps(body, separators=(",", ":")).encode()]
@@ -224,6 +251,7 @@ def decode_reply(frames: list[Any]) -> Reply:
     try:
         body = json.loads(bytes(frames[2]))
         status = Status(body["status"])
+        model_input = body.get("input", {})
         predictions = [
             Prediction(label=str(p["label"]), index=int(p["index"]), probability=float(p["probability"]))
             for p in body.get("predictions", [])
@@ -236,6 +264,8 @@ def decode_reply(frames: list[Any]) -> Reply:
             timings_ms={str(k): float(v) for k, v in body.get("timings_ms", {}).items()},
             batch_size=int(body.get("batch_size", 0)),
             model=str(body.get("model", "")),
+            input_size=int(model_input.get("size", 0)),
+            crop_fraction=float(model_input.get("crop_fraction", 0.0)),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ProtocolError(f"malformed reply: {exc!r}") from None

@@ -133,6 +133,7 @@ class FakeModelClient:
         self.raises: Exception | None = None
         self.calls: list[dict[str, Any]] = []
         self.pings = 0
+        self.input: tuple[int, float] | None = None  # what input_spec() answers: (size, crop fraction)
 
     def _reply(self, request_id: str, top_k: int) -> Reply:
         if self.raises is not None:
@@ -145,15 +146,21 @@ class FakeModelClient:
         timings = {"queue": 1.5, "preprocess": 4.0, "inference": 7.25, "total": 13.0}
         return Reply(request_id, Status.OK, None, predictions, timings, batch_size=3, model="fake_net")
 
-    def classify(self, image: bytes, top_k: int, request_id: str | None = None) -> Reply:
+    def classify(
+        self, image: bytes, top_k: int, request_id: str | None = None, shape: tuple | None = None
+    ) -> Reply:
         """Record the call and answer as scripted."""
-        self.calls.append({"image": bytes(image), "top_k": top_k, "request_id": request_id})
+        self.calls.append({"image": bytes(image), "top_k": top_k, "request_id": request_id, "shape": shape})
         return self._reply(request_id or f"fake{len(self.calls):04d}", top_k)
 
     def ping(self, timeout_ms: int | None = None) -> Reply:
         """Count the ping and answer as scripted."""
         self.pings += 1
         return self._reply("ping", 1)
+
+    def input_spec(self) -> tuple[int, float] | None:
+        """The scripted model input (None: the web tier sends the upload as it is)."""
+        return self.input
 
     def close(self) -> None:
         """Nothing to close."""

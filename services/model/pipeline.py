@@ -21,7 +21,7 @@ from services.config import ModelConfig
 from services.model.batcher import Batcher, BatcherStopped, BatchResult, DeadlineExceeded, QueueFull
 from services.model.metrics import ServerMetrics
 from services.model.preprocess import decode_image
-from services.protocol import OP_PING, Prediction, Reply, Request, Status
+from services.protocol import ENCODING_RGB8, OP_PING, Prediction, Reply, Request, Status
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,17 @@ class Pipeline:
         rid = request.request_id
         if self.draining:
             return Reply(rid, Status.OVERLOADED, "server is draining; try another")
+        size = self._cfg.input_size
         if request.op == OP_PING:
-            return Reply(rid, Status.OK, model=self._runtime.name)
+            return Reply(
+                rid,
+                Status.OK,
+                model=self._runtime.name,
+                input_size=size,
+                crop_fraction=self._cfg.crop_fraction,
+            )
+        if request.encoding == ENCODING_RGB8 and request.shape != (size, size, 3):
+            return Reply(rid, Status.BAD_REQUEST, f"rgb8 pixels must be {size}×{size}×3, got {request.shape}")
         remaining_s = request.remaining_s()
         if remaining_s <= 0:
             return Reply(rid, Status.DEADLINE_EXCEEDED, "deadline passed before the request arrived")
@@ -115,6 +124,11 @@ class Pipeline:
             self._release()
             done(reply)
 
+        if request.encoding == ENCODING_RGB8:  # decoded by the client: straight to the batcher, no copy
+            decoded: Future = Future()
+            decoded.set_result((np.frombuffer(request.image, np.uint8).reshape(request.shape), received, 0.0))
+            self._decoded(decoded, request, received, deadline, finish)
+            return None
         try:
             decoding = self._decoders.submit(self._decode, request, deadline)
         except RuntimeError:  # pool shut down
@@ -138,7 +152,8 @@ class Pipeline:
         rid = request.request_id
         try:
             image, decode_start, preprocess_s = decoding.result()
-            self._metrics.preprocess_seconds.observe(preprocess_s)
+            if request.encoding != ENCODING_RGB8:
+                self._metrics.preprocess_seconds.observe(preprocess_s)
             batching = self.batcher.submit(image, deadline)
         except imaging.ImageError as exc:
             return finish(Reply(rid, Status.BAD_IMAGE, str(exc)))

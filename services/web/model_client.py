@@ -157,6 +157,7 @@ class ModelClient:
         timeout_ms: int | None = None,
         attempt_timeout_ms: int | None = None,
         retries: int | None = None,
+        shape: tuple[int, int, int] | None = None,
     ) -> Reply:
         """Send one request with retries within its deadline and return the matching reply.
 
@@ -175,6 +176,8 @@ class ModelClient:
             op=op,
             top_k=top_k,
             image=image,
+            encoding=protocol.ENCODING_IMAGE if shape is None else protocol.ENCODING_RGB8,
+            shape=shape,
         )
         frames = protocol.encode_request(request)
         rid = request.request_id
@@ -228,14 +231,37 @@ class ModelClient:
             raise ModelUnavailable(f"no model server reachable at {where}")
         raise ModelUnavailable(f"no model server answered after {tries} tries")
 
-    def classify(self, image: bytes, top_k: int, request_id: str | None = None) -> Reply:
-        """Classify one image; see call() for errors."""
-        return self.call(OP_CLASSIFY, image=image, top_k=top_k, request_id=request_id)
+    def classify(
+        self,
+        image: bytes,
+        top_k: int,
+        request_id: str | None = None,
+        shape: tuple[int, int, int] | None = None,
+    ) -> Reply:
+        """Classify one upload, or (with `shape`) pixels already decoded to the model's input; see call()."""
+        reply = self.call(OP_CLASSIFY, image=image, top_k=top_k, request_id=request_id, shape=shape)
+        if shape is not None and reply.status is Status.BAD_REQUEST:
+            _input_specs.pop(self.cfg.model_server, None)  # the model changed under us: ask again next time
+        return reply
 
     def ping(self, timeout_ms: int | None = None) -> Reply:
         """One quick ping (no retries) for readiness; see call() for errors."""
         budget = self.cfg.ready_timeout_ms if timeout_ms is None else timeout_ms
-        return self.call(OP_PING, timeout_ms=budget, attempt_timeout_ms=budget, retries=0)
+        reply = self.call(OP_PING, timeout_ms=budget, attempt_timeout_ms=budget, retries=0)
+        if reply.ok and reply.input_size:
+            _input_specs[self.cfg.model_server] = (reply.input_size, reply.crop_fraction)
+        return reply
+
+    def input_spec(self) -> tuple[int, float] | None:
+        """The model's (input size, crop fraction) from a ping, cached per process; None when unknown."""
+        spec = _input_specs.get(self.cfg.model_server)
+        if spec is None:
+            try:
+                self.ping()
+            except (ModelUnavailable, ModelTimeout):
+                return None
+            spec = _input_specs.get(self.cfg.model_server)
+        return spec
 
 
 # --- per-process context, per-thread client ----------------------------------------------------------
@@ -244,6 +270,8 @@ _lock = threading.Lock()
 _context: zmq.Context | None = None
 _context_pid: int | None = None
 _local = threading.local()
+# model_server → the model's (input size, crop fraction); dict reads and writes are atomic under the GIL
+_input_specs: dict[str, tuple[int, float]] = {}
 
 
 def _process_context() -> zmq.Context:

@@ -245,3 +245,19 @@ def test_health_port_reports_liveness_readiness_and_metrics(make_server, ctx):
         assert "zerolens_model_batch_size_bucket" in text and "zerolens_model_queue_seconds" in text
     finally:
         health.stop()
+
+
+def test_decoded_pixels_skip_the_decoder_and_wrong_shapes_are_refused(make_server, ctx):
+    server = make_server(input_size=32)
+    client = Client(ctx, server.port)
+    pixels = bytes([130]) * (32 * 32 * 3)
+    reply = client.call(pixels, encoding=protocol.ENCODING_RGB8, shape=(32, 32, 3))
+    assert reply.status is Status.OK and reply.predictions[0].label == "class-5"
+    assert reply.timings_ms["preprocess"] == 0
+    wrong = client.call(bytes(16 * 16 * 3), encoding=protocol.ENCODING_RGB8, shape=(16, 16, 3))
+    assert wrong.status is Status.BAD_REQUEST and "32×32×3" in wrong.error
+    client.sock.send_multipart(
+        protocol.encode_request(Request("p", protocol.deadline_after_ms(1000), op="ping"))
+    )
+    ping = client.recv()
+    assert (ping.input_size, ping.crop_fraction) == (32, 0.875)

@@ -105,6 +105,15 @@ def test_unusual_but_valid_images_are_classified(stack, bad_uploads, name):
     assert len(resp.json()["predictions"]) == 5
 
 
+def test_model_server_decodes_when_the_web_tier_does_not(tmp_path, photos, bad_uploads, spawn):
+    model = spawn(model_server(tmp_path))
+    web = spawn(web_server(tmp_path, model.ports["zmq"], decode_in_web="false"))
+    coffee = predict(web, photos["coffee.jpg"]).json()
+    assert coffee["predictions"][0]["label"] == "espresso"
+    assert coffee["timings_ms"]["preprocess"] > 0  # measured on the model server
+    assert predict(web, bad_uploads["truncated_jpeg"]).status_code == 400  # BAD_IMAGE from the server
+
+
 def test_upload_over_the_limit_is_413(tmp_path, photos, spawn):
     limit = len(photos["coffee.jpg"].data) + 10_000
     assert len(photos["chelsea.png"].data) > limit

@@ -116,3 +116,31 @@ def test_remaining_time():
     r = request(deadline_ms=10_000)
     assert r.remaining_s(now=9.0) == pytest.approx(1.0)
     assert r.remaining_s(now=11.0) < 0
+
+
+def test_rgb8_request_round_trip():
+    pixels = bytes(range(192))
+    sent = request(image=pixels, encoding=protocol.ENCODING_RGB8, shape=(8, 8, 3))
+    got = protocol.decode_request(protocol.encode_request(sent)[1:])
+    assert got == sent
+
+
+@pytest.mark.parametrize(
+    ("extra", "image", "message"),
+    [
+        ({"encoding": "webp"}, b"x", "unknown encoding 'webp'"),
+        ({"encoding": "rgb8"}, b"x" * 12, "header.shape"),
+        ({"encoding": "rgb8", "shape": [2, 2, 4]}, b"x" * 16, "not 2×2×3"),
+        ({"encoding": "rgb8", "shape": [2, 2, 3]}, b"x" * 11, "11 bytes, not 2×2×3"),
+        ({"encoding": "rgb8", "shape": [2, -2, 3]}, b"x" * 12, "header.shape"),
+    ],
+)
+def test_bad_rgb8_requests_are_refused(extra, image, message):
+    with pytest.raises(ProtocolError, match=message):
+        protocol.decode_request([protocol.VERSION, header(**extra), image])
+
+
+def test_ping_reply_carries_the_model_input():
+    sent = Reply("p", Status.OK, model="m", input_size=224, crop_fraction=0.875)
+    got = protocol.decode_reply(protocol.encode_reply(sent))
+    assert (got.input_size, got.crop_fraction) == (224, 0.875)

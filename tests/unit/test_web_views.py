@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -71,6 +72,18 @@ def test_api_answers_json_for_a_multipart_upload(client: FlaskClient, cat_jpeg) 
     assert {"queue", "inference", "model_roundtrip_ms", "total_ms"} <= set(timings)
     assert timings["total_ms"] >= timings["model_roundtrip_ms"] >= 0
     assert response.headers["X-Request-ID"] == body["request_id"]
+
+
+def test_web_tier_sends_decoded_pixels_when_it_knows_the_model_input(client, fake_model, cat_jpeg, photos):
+    fake_model.input = (16, 0.875)
+    response = post_file(client, "/api/v1/predict", cat_jpeg)
+    assert response.status_code == 200
+    call = fake_model.calls[-1]
+    assert call["shape"] == (16, 16, 3) and len(call["image"]) == 16 * 16 * 3
+    truncated = replace(photos["coffee.jpg"], data=photos["coffee.jpg"].data[:5000])
+    response = post_file(client, "/api/v1/predict", truncated)  # only a full decode finds this
+    assert response.status_code == 400 and "cannot decode image" in response.get_json()["error"]["message"]
+    assert len(fake_model.calls) == 1
 
 
 @pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/octet-stream"])
