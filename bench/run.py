@@ -40,11 +40,14 @@ def _gunicorn(tmp: Path, name: str, app: str, env: dict[str, str], workers: int 
     )
 
 
-def start_system(name: str, tmp: Path, settings: dict[str, str]) -> tuple[list[Proc], str, str | None]:
+def start_system(
+    name: str, tmp: Path, settings: dict[str, str], web_settings: dict[str, str]
+) -> tuple[list[Proc], str, str | None]:
     """Start one system; returns its processes (model first), the predict URL and a metrics URL."""
     if name.startswith("zerolens-"):
         model = model_server(tmp, runtime=name.split("-", 1)[1], **settings).start(timeout_s=180)
-        web = web_server(tmp, model.ports["zmq"]).start()  # if it fails, the atexit net stops the model
+        # if the web tier fails to start, the atexit net in bench.servers stops the model server
+        web = web_server(tmp, model.ports["zmq"], **web_settings).start()
         metrics = f"http://127.0.0.1:{model.ports['health']}/metrics"
         return [model, web], f"http://127.0.0.1:{web.ports['http']}/api/v1/predict", metrics
     if name == "in-process":
@@ -90,10 +93,11 @@ def bench_system(
     levels: list[int],
     duration_s: float,
     settings: dict[str, str],
+    web_settings: dict[str, str],
     progress: Callable[[str], None],
 ) -> dict:
     """All levels for one system; the processes are stopped whatever happens."""
-    procs, url, metrics_url = start_system(name, tmp, settings)
+    procs, url, metrics_url = start_system(name, tmp, settings, web_settings)
     try:
         loadgen.run_level(url, bodies, levels[0], min(3.0, duration_s))  # warm-up, discarded
         results = []
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
     parser.add_argument("--megapixels", default="0,1,2,5", help="photo sizes; 0 = the photo's own size")
     parser.add_argument("--set", action="append", default=[], help="model server setting NAME=VALUE")
+    parser.add_argument("--web-set", action="append", default=[], help="web tier setting NAME=VALUE")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
 
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> Path:
     levels = [int(c) for c in args.concurrency.split(",")]
     sizes = tuple(float(mp) or None for mp in args.megapixels.split(","))
     settings = dict(item.split("=", 1) for item in args.set)
+    web_settings = dict(item.split("=", 1) for item in args.web_set)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     photos = photo_set(sizes)
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> Path:
             steps.set_postfix_str(label)
             steps.update()
 
-        runs.append(bench_system(name, out, bodies, levels, args.duration, settings, progress))
+        runs.append(bench_system(name, out, bodies, levels, args.duration, settings, web_settings, progress))
     steps.close()
 
     results = {
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
         "reference": asdict(reference) | {"limit_rps": reference.limit_rps},
         "duration_s": args.duration,
         "settings": settings,
+        "web_settings": web_settings,
         "runs": runs,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -67,7 +67,10 @@ class ModelConfig(ImageLimits):
     input_size: int = 224
     preprocessing: str = "raw"  # raw (model normalises), tf ([-1,1]), torch (ImageNet mean/std), caffe (BGR)
     crop_fraction: float = 0.875  # centre crop before resizing (224/256, as in the reference pipeline)
-    inference_threads: int = 2  # TFLite interpreter threads (cores to give inference)
+    inference_threads: int = 2  # TFLite threads for a batch of one: an idle server answers fastest
+    # TFLite threads for bigger batches, i.e. under load, when decoders (or web workers on the same node) want
+    # the other cores: a multi-threaded invoke stalls whenever one of its threads is descheduled.
+    batch_inference_threads: int = 2
     # Dynamic batching: a batch closes when full or max_batch_delay_ms after its first request.
     max_batch_size: int = 16
     max_batch_delay_ms: float = 2.0
@@ -90,8 +93,9 @@ _CHOICES = {
 }
 _POSITIVE = {
     "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",
-    "ready_timeout_ms", "heartbeat_ivl_ms", "top_k", "input_size", "inference_threads", "max_batch_size",
-    "max_queue_size", "workers", "decode_threads", "resolve_interval_s",
+    "ready_timeout_ms", "heartbeat_ivl_ms", "top_k", "input_size", "inference_threads",
+    "batch_inference_threads", "max_batch_size", "max_queue_size", "workers", "decode_threads",
+    "resolve_interval_s",
 }  # fmt: skip
 
 C = TypeVar("C", WebConfig, ModelConfig)

@@ -90,7 +90,10 @@ class TFLiteRuntime:
     def __init__(self, name: str, path: Path, labels: list[str], cfg: ModelConfig) -> None:
         self.name, self.labels, self._mode = name, labels, cfg.preprocessing
         self._sizes = cfg.batch_sizes()
-        self._interpreters = {n: open_interpreter(path, cfg.inference_threads, n) for n in self._sizes}
+        self._interpreters = {
+            n: open_interpreter(path, cfg.inference_threads if n == 1 else cfg.batch_inference_threads, n)
+            for n in self._sizes
+        }
         self._lock = threading.Lock()  # an interpreter is not thread-safe
         details = self._interpreters[1 if 1 in self._sizes else self._sizes[0]].get_input_details()[0]
         self.input_size = int(details["shape"][1])

@@ -37,6 +37,19 @@ def routes(path: str, pattern: str) -> set[str]:
     return found
 
 
+def image_env(dockerfile: str) -> dict[str, str]:
+    """The ZEROLENS_* defaults a Dockerfile's ENV instructions bake into its image ({} without one)."""
+    path = ROOT / dockerfile
+    if not path.exists():
+        return {}
+    text = path.read_text().replace("\\\n", " ")
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            found.update(re.findall(r"(ZEROLENS_[A-Z_]+)=(\S+)", line))
+    return found
+
+
 WEB_ROUTES = routes("services/web/views.py", r'@bp\.get\("(/[^"]*)"\)')
 MODEL_ROUTES = routes("services/model/health.py", r'"(/[a-z]+)"')
 
@@ -47,14 +60,16 @@ def settings_file(docs: list[dict], name: str, key: str) -> dict:
 
 
 def load_as_service(cls: type, docs: list[dict], tmp_path: Path, name: str, key: str):
-    """Load the rendered settings as the container would: the file via ZEROLENS_CONFIG, plus its env."""
+    """Load the rendered settings as the container would: the file via ZEROLENS_CONFIG, under the pod's env,
+    under the image's ENV defaults."""
     path = tmp_path / key
     path.write_text(find(docs, "ConfigMap", name)["data"][key])
     c = container(docs, name)
     mounted = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["config"]
     environ = env(c)
     assert environ["ZEROLENS_CONFIG"] == f"{mounted}/{key}", "ZEROLENS_CONFIG must name the mounted file"
-    return config.load(cls, environ={**environ, "ZEROLENS_CONFIG": str(path)})
+    baked = image_env(f"Dockerfile.{key.split('.')[0]}")
+    return config.load(cls, environ={**baked, **environ, "ZEROLENS_CONFIG": str(path)})
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
@@ -82,7 +97,7 @@ def test_gpu_limit_only_with_gpu_values(values: str | None) -> None:
         assert model["image"].endswith("-gpu")
         assert spec["runtimeClassName"] == "nvidia"
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-        assert settings_file(docs, MODEL, "model.yaml")["model_runtime"] == "keras"
+        assert env(model)["ZEROLENS_MODEL_RUNTIME"] == "keras"
     else:
         assert gpus is None
         assert model["image"].endswith("-cpu") or values == "cpu-kind.yaml"
@@ -145,12 +160,29 @@ def test_config_keys_are_exactly_the_config_fields(values: str | None) -> None:
     docs = render(values=values)
     web_fields = {f.name for f in dataclasses.fields(config.WebConfig)}
     model_fields = {f.name for f in dataclasses.fields(config.ModelConfig)}
-    # model_server comes from ZEROLENS_MODEL_SERVER (the release's Service); host keeps its default (all
-    # interfaces); model_dir is written only when model.modelDir is set (else the image's path applies).
-    assert set(settings_file(docs, WEB, "web.yaml")) == web_fields - {"model_server"}
-    assert set(settings_file(docs, MODEL, "model.yaml")) == model_fields - {"host", "model_dir"}
+    # In the environment instead: model_server (ZEROLENS_MODEL_SERVER names the release's Service), and the
+    # two settings the model image sets as ENV defaults, which would beat the file. host keeps its default.
+    from_env = {"model_server", "model_runtime", "model_dir"}
+    assert set(settings_file(docs, WEB, "web.yaml")) == web_fields - from_env
+    assert set(settings_file(docs, MODEL, "model.yaml")) == model_fields - from_env - {"host"}
     with_dir = render("--set", "model.modelDir=/models/lite0", values=values)
-    assert settings_file(with_dir, MODEL, "model.yaml")["model_dir"] == "/models/lite0"
+    assert env(container(with_dir, MODEL))["ZEROLENS_MODEL_DIR"] == "/models/lite0"
+    assert "ZEROLENS_MODEL_DIR" not in env(container(docs, MODEL))  # the image's path
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.web", "Dockerfile.model"])
+def test_image_env_defaults_cannot_override_the_chart(dockerfile: str) -> None:
+    # The environment beats the settings file, so a ZEROLENS_<setting> baked into an image must be set by the
+    # pod as well, or a chart value would be silently ignored.
+    docs = render()
+    tier = dockerfile.split(".")[1]
+    fields = {f.name for f in dataclasses.fields(config.WebConfig if tier == "web" else config.ModelConfig)}
+    pod_env = env(container(docs, f"zerolens-{tier}"))
+    for name in image_env(dockerfile):
+        if name.removeprefix("ZEROLENS_").lower() in fields - {
+            "model_dir"
+        }:  # model_dir: the image's own path
+            assert name in pod_env, f"{dockerfile} sets {name}; the {tier} Deployment must set it too"
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
@@ -161,6 +193,8 @@ def test_rendered_settings_load_in_the_services(values: str | None, tmp_path: Pa
     assert discovery.parse(web.model_server)  # create_app() does the same at start
     assert model.port == 5576 and model.health_port == 8081
     assert model.model_runtime == ("keras" if values == "gpu.yaml" else "tflite")
+    if image_env("Dockerfile.model"):
+        assert model.model_dir == image_env("Dockerfile.model")["ZEROLENS_MODEL_DIR"]
     if values == "gpu.yaml":
         assert model.max_batch_size == 32 and model.batch_sizes() == [1, 2, 4, 8, 16, 32]
     if values == "ingress-tls.yaml":

@@ -1,0 +1,68 @@
+{{/*
+Cross-field checks, Bitnami style: values.schema.json checks each value's type and range on its own; the rules
+here check combinations. Each rule is a small named template that prints one message naming the keys and the fix
+(with a --set example), or nothing. zerolens.validateValues joins the messages and fails once, so a user sees
+every problem in one go. NOTES.txt calls it: helm install, upgrade and template render NOTES.txt, so each of
+them fails on a bad combination (helm lint does not render it).
+*/}}
+{{- define "zerolens.validateValues" -}}
+{{- $messages := list -}}
+{{- $messages = append $messages (include "zerolens.validateValues.gpuRuntime" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.gpuImageTag" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.attemptTimeout" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.autoscalingRange" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.batchDelay" .) -}}
+{{- $messages = without $messages "" -}}
+{{- if $messages -}}
+{{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The TFLite runtime runs on the CPU only: a GPU is used by the Keras/TensorFlow runtime alone. */}}
+{{- define "zerolens.validateValues.gpuRuntime" -}}
+{{- if and .Values.model.gpu.enabled (ne .Values.model.runtime "keras") -}}
+zerolens: model.gpu.enabled
+    model.gpu.enabled requires model.runtime=keras (the TFLite runtime is CPU-only; got
+    model.runtime={{ .Values.model.runtime }}). Use: --set model.runtime=keras
+{{- end -}}
+{{- end -}}
+
+{{/* The "-cpu" image has tensorflow-cpu: on a GPU node it would hold the GPU and never use it. */}}
+{{- define "zerolens.validateValues.gpuImageTag" -}}
+{{- if and .Values.model.gpu.enabled (hasSuffix "-cpu" (toString .Values.model.image.tag)) -}}
+zerolens: model.image.tag
+    model.image.tag={{ .Values.model.image.tag }} is a CPU build but model.gpu.enabled=true. Use the
+    GPU build (--set model.image.tag={{ trimSuffix "-cpu" (toString .Values.model.image.tag) }}-gpu), or leave the tag
+    empty to follow model.gpu.enabled.
+{{- end -}}
+{{- end -}}
+
+{{/* services/config.py refuses this at start; refuse it at install instead of in a crash loop. */}}
+{{- define "zerolens.validateValues.attemptTimeout" -}}
+{{- $client := .Values.web.modelClient -}}
+{{- if gt (int $client.attemptTimeoutMs) (int $client.requestTimeoutMs) -}}
+zerolens: web.modelClient.attemptTimeoutMs
+    web.modelClient.attemptTimeoutMs ({{ $client.attemptTimeoutMs }}) must not exceed
+    web.modelClient.requestTimeoutMs ({{ $client.requestTimeoutMs }}): one try cannot outlast the whole request.
+    Use: --set web.modelClient.attemptTimeoutMs={{ $client.requestTimeoutMs }}
+{{- end -}}
+{{- end -}}
+
+{{- define "zerolens.validateValues.autoscalingRange" -}}
+{{- $hpa := .Values.web.autoscaling -}}
+{{- if and $hpa.enabled (gt (int $hpa.minReplicas) (int $hpa.maxReplicas)) -}}
+zerolens: web.autoscaling
+    web.autoscaling.minReplicas ({{ $hpa.minReplicas }}) must not exceed web.autoscaling.maxReplicas
+    ({{ $hpa.maxReplicas }}). Use: --set web.autoscaling.maxReplicas={{ $hpa.minReplicas }}
+{{- end -}}
+{{- end -}}
+
+{{/* A batch waits at most this long for company; more than a request's whole deadline makes no sense. */}}
+{{- define "zerolens.validateValues.batchDelay" -}}
+{{- if ge (float64 .Values.model.batching.maxBatchDelayMs) (float64 .Values.web.modelClient.attemptTimeoutMs) -}}
+zerolens: model.batching.maxBatchDelayMs
+    model.batching.maxBatchDelayMs ({{ .Values.model.batching.maxBatchDelayMs }}) must be shorter than
+    web.modelClient.attemptTimeoutMs ({{ .Values.web.modelClient.attemptTimeoutMs }}), or every try times out
+    waiting for a batch to fill. Use: --set model.batching.maxBatchDelayMs=2
+{{- end -}}
+{{- end -}}

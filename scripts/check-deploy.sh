@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Offline checks of everything that deploys zerolens: the Helm chart, k8s/, the Dockerfiles, the CI workflow.
+# Needs the tools from scripts/deploy-tools.sh. Prints one line per check and exits non-zero if any failed.
+#
+#   helm lint --strict and helm template     defaults and every helm/zerolens/ci/*.yaml
+#   kubectl kustomize                        k8s/overlays/*
+#   kubernetes-validate --strict             every render, against Kubernetes 1.27 and the newest it ships
+#   bad values                               helm template must fail, with the message a user needs
+#   checkov                                  chart (helm), k8s/ (kustomize), Dockerfile.* (if present)
+#   hadolint, actionlint, yamllint, shellcheck
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+
+CHART=helm/zerolens
+TOOLS=build/tools
+OUT=build/deploy-check  # renders and reports, for a look after a failure
+MIN_KUBE=1.27.0         # oldest Kubernetes the chart supports (Chart.yaml kubeVersion)
+
+if [[ ! -x $TOOLS/bin/helm || ! -x $TOOLS/venv/bin/checkov ]]; then
+  echo "deploy tools missing in $TOOLS: run scripts/deploy-tools.sh first" >&2
+  exit 2
+fi
+export PATH="$PWD/$TOOLS/bin:$PWD/$TOOLS/venv/bin:$PATH"  # checkov's helm and kustomize frameworks call them
+# helm (and checkov's helm template) render into this namespace, as helm install -n would.
+export HELM_NAMESPACE=zerolens
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+start=$SECONDS
+failures=()
+step() {  # step NAME COMMAND...: run it quietly; print ok, or FAIL and its output
+  local name=$1 log
+  shift
+  log=$OUT/$(printf '%s' "$name" | tr -c 'A-Za-z0-9._-' '_').log
+  if "$@" >"$log" 2>&1; then
+    echo "ok    $name"
+    sed -n 's/^scanned: /        /p' "$log"  # checkov's counts: proof that it scanned something
+  else
+    echo "FAIL  $name"
+    sed 's/^/      /' "$log"
+    failures+=("$name")
+  fi
+}
+
+to_file() {  # to_file FILE COMMAND...: COMMAND's output into FILE
+  local file=$1
+  shift
+  "$@" >"$file"
+}
+
+NEWEST_KUBE=$("$TOOLS/venv/bin/python" -c 'import kubernetes_validate.utils as u; print(u.latest_version())')
+
+# The chart ----------------------------------------------------------------------------------------------------
+value_files() {  # value_files LABEL: sets $values to the -f argument for a ci/ file, none for "defaults"
+  values=()
+  [[ $1 == defaults ]] || values=(--values "$CHART/ci/$1.yaml")
+}
+value_sets=(defaults)
+for file in "$CHART"/ci/*.yaml; do value_sets+=("$(basename "$file" .yaml)"); done
+renders=()
+for label in "${value_sets[@]}"; do
+  value_files "$label"
+  step "helm lint --strict ($label)" helm lint --strict "$CHART" "${values[@]}"
+  step "helm template ($label)" \
+    to_file "$OUT/chart-$label.yaml" helm template zerolens "$CHART" "${values[@]}"
+  renders+=("$OUT/chart-$label.yaml")
+done
+
+# The plain manifests --------------------------------------------------------------------------------------------
+for overlay in k8s/overlays/*/; do
+  label=$(basename "$overlay")
+  step "kubectl kustomize ($label)" to_file "$OUT/k8s-$label.yaml" kubectl kustomize "$overlay"
+  renders+=("$OUT/k8s-$label.yaml")
+done
+
+for kube in "$MIN_KUBE" "$NEWEST_KUBE"; do
+  step "kubernetes-validate --strict $kube (${#renders[@]} renders)" \
+    kubernetes-validate --strict --quiet --kubernetes-version "$kube" "${renders[@]}"
+done
+
+# Bad values must fail, each with the message that tells the user what to change --------------------------------
+must_fail() {  # must_fail EXPECTED-MESSAGE HELM-ARGS...
+  local expected=$1 output
+  shift
+  if output=$(helm template zerolens "$CHART" "$@" 2>&1); then
+    echo "helm template $* succeeded; expected it to fail with: $expected"
+    return 1
+  fi
+  grep -qF -- "$expected" <<<"$output" || { echo "expected '$expected' in:"; echo "$output"; return 1; }
+}
+step "rejects gpu + tflite" must_fail "model.gpu.enabled requires model.runtime=keras" \
+  --set model.gpu.enabled=true --set model.runtime=tflite
+step "rejects a CPU image on GPU" must_fail "Use the
+    GPU build (--set model.image.tag=1.2.3-gpu)" \
+  --set model.gpu.enabled=true --set model.runtime=keras --set model.image.tag=1.2.3-cpu
+step "rejects attempt > request timeout" must_fail "web.modelClient.attemptTimeoutMs (20000) must not exceed" \
+  --set web.modelClient.attemptTimeoutMs=20000
+step "schema: unknown runtime" must_fail 'model.runtime: model.runtime must be one of the following: "tflite", "keras"' \
+  --set model.runtime=tf
+step "schema: misspelt key" must_fail "Additional property maxBatchSze is not allowed" \
+  --set model.batching.maxBatchSze=8
+step "schema: empty image repository" must_fail "web.image.repository: String length must be greater than or equal to 1" \
+  --set web.image.repository=
+step "schema: zero batch size" must_fail "model.batching.maxBatchSize: Must be greater than or equal to 1" \
+  --set model.batching.maxBatchSize=0
+
+# checkov ---------------------------------------------------------------------------------------------------------
+# checkov exits 0 having scanned nothing when a framework's tool (helm, kustomize) is missing or the render
+# writes to stderr: each run also writes a JSON report, and the check fails unless it counted resources.
+checkov_scan() {  # checkov_scan LABEL CHECKOV-ARGS...
+  local report=$OUT/checkov-$1.json
+  shift
+  checkov --config-file .checkov.yaml -o cli -o json --output-file-path "console,$report" "$@" || return 1
+  python3 - "$report" <<'EOF'
+import json, sys
+try:
+    data = json.load(open(sys.argv[1]))
+except OSError:
+    sys.exit("checkov wrote no report: it scanned nothing")
+for result in data if isinstance(data, list) else [data]:
+    summary = result["summary"]
+    print(f"scanned: {result['check_type']}: {summary['resource_count']} resources, {summary['passed']} passed, "
+          f"{summary['failed']} failed, {summary['skipped']} skipped in place")
+    if not summary["resource_count"] or not summary["passed"]:
+        sys.exit(f"checkov {result['check_type']} scanned no resources")
+EOF
+}
+# minimal.yaml turns the NetworkPolicies and PDBs off on purpose: it is linted and validated above, not held to
+# checkov.
+for label in defaults cpu-kind gpu ingress-tls; do
+  value_files "$label"
+  step "checkov helm ($label)" checkov_scan "helm-$label" -d "$CHART" --framework helm "${values[@]/--values/--var-file}"
+done
+step "checkov kustomize (k8s/)" checkov_scan kustomize -d k8s --framework kustomize
+
+# The Dockerfiles, where they exist --------------------------------------------------------------------------------
+for dockerfile in Dockerfile.web Dockerfile.model; do
+  [[ -f $dockerfile ]] || { echo "skip  $dockerfile (not there)"; continue; }
+  step "hadolint $dockerfile" hadolint "$dockerfile"
+  step "checkov dockerfile $dockerfile" checkov_scan "$dockerfile" -f "$dockerfile" --framework dockerfile
+done
+
+# CI workflow, YAML and shell ------------------------------------------------------------------------------------
+step "actionlint" actionlint -shellcheck "$TOOLS/venv/bin/shellcheck" .github/workflows/*.yaml
+step "yamllint" yamllint --strict -d "{extends: default, rules: {line-length: {max: 120},
+  document-start: disable, truthy: {check-keys: false}, comments: {min-spaces-from-content: 1},
+  comments-indentation: disable, indentation: {indent-sequences: whatever}}}" \
+  "$CHART/values.yaml" "$CHART/Chart.yaml" "$CHART/ci" k8s .github .checkov.yaml
+step "shellcheck" shellcheck scripts/*.sh
+
+echo "deploy checks: ${#failures[@]} failed in $((SECONDS - start)) s (renders and reports in $OUT/)"
+((${#failures[@]} == 0))
