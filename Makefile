@@ -8,12 +8,13 @@ EXTRAS ?= web,model,weights,dev,bench
 MODEL_DIR ?= build/models/efficientnet_lite0
 WEB_PORT ?= 8000
 
-.PHONY: help venv model run test lint bench deploy-tools chart-check kind-e2e clean
+.PHONY: help venv model run test lint bench images deploy-tools chart-check kind-e2e clean
 
 help:
 	@echo "make run    build the model if missing, start the model server and the web tier on :$(WEB_PORT)"
 	@echo "make test   lint and run the whole test suite"
 	@echo "make bench  benchmark zerolens against the ceiling and the baselines (BENCH_ARGS=--help)"
+	@echo "make images build zerolens/web:dev and zerolens/model:dev-cpu (GPU=1 adds dev-gpu)"
 	@echo "make chart-check  offline Kubernetes checks: helm lint/template, kubernetes-validate, checkov, hadolint"
 	@echo "make kind-e2e     install the chart on a kind cluster and test it (needs kind and docker)"
 	@echo "make model  convert the packaged EfficientNet-Lite0 weights into $(MODEL_DIR)"
@@ -37,6 +38,12 @@ run: model
 lint: venv
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests
+
+# GPU=1 also builds zerolens/model:dev-gpu. ZEROLENS_ENGINE=docker skips the podman setup.
+images:
+	@if [ "$${ZEROLENS_ENGINE:-podman}" = podman ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  scripts/podman-setup.sh; fi
+	scripts/images.sh $(if $(GPU),--gpu)
 
 # Pinned helm/kubectl (from npm) and the validators in their own venv, under build/tools (cached).
 deploy-tools:
