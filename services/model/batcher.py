@@ -2,7 +2,10 @@
 
 A batch closes when it holds `max_batch_size` items or `max_batch_delay_ms` after its first item arrived,
 whichever comes first; items already waiting when the model frees up are taken at once (delay 0 still
-batches). The queue is bounded: `submit` raises QueueFull instead of letting latency grow without limit.
+batches). With a `pending` hint (how many items are known to be on their way, e.g. being decoded), the
+batcher waits only while that is above zero: an idle server answers a lone request at once instead of
+holding it for the whole delay, and under load batches still fill while the model is busy.
+The queue is bounded: `submit` raises QueueFull instead of letting latency grow without limit.
 Items whose deadline passed while queued fail with DeadlineExceeded and never reach the model.
 `predict_batch` gets a list and must return a list of the same length and order (checked).
 """
@@ -67,6 +70,7 @@ class Batcher(Generic[In, Out]):
         max_batch_delay_ms: float,
         max_queue_size: int,
         observer: BatchObserver | None = None,
+        pending: Callable[[], int] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -79,6 +83,7 @@ class Batcher(Generic[In, Out]):
         self._delay_s = max_batch_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self._observer = observer
+        self._pending = pending
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -126,6 +131,8 @@ class Batcher(Generic[In, Out]):
                 self._cond.wait()
             close_at = self._queue[0].enqueued + self._delay_s
             while len(self._queue) < self.max_batch_size and not self._stopping:
+                if self._pending is not None and self._pending() <= 0:
+                    break  # nothing else is on its way: waiting would only add latency
                 remaining = close_at - time.monotonic()
                 if remaining <= 0:
                     break

@@ -57,9 +57,11 @@ class Pipeline:
             max_batch_delay_ms=cfg.max_batch_delay_ms,
             max_queue_size=cfg.max_queue_size,
             observer=metrics.observe_batch,
+            pending=lambda: self._decoding,
         )
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._decoding = 0  # admitted requests in the decoder pool: the batcher waits for these only
         self.draining = False
 
     def start(self) -> Pipeline:
@@ -130,8 +132,12 @@ class Pipeline:
             self._decoded(decoded, request, received, deadline, finish)
             return None
         try:
+            with self._lock:
+                self._decoding += 1
             decoding = self._decoders.submit(self._decode, request, deadline)
         except RuntimeError:  # pool shut down
+            with self._lock:
+                self._decoding -= 1
             self._release()
             return Reply(rid, Status.OVERLOADED, "server is stopping")
         decoding.add_done_callback(lambda f: self._decoded(f, request, received, deadline, finish))
@@ -150,6 +156,9 @@ class Pipeline:
         self, decoding: Future, request: Request, received: float, deadline: float, finish: ReplyCallback
     ) -> None:
         rid = request.request_id
+        if request.encoding != ENCODING_RGB8:
+            with self._lock:
+                self._decoding -= 1
         try:
             image, decode_start, preprocess_s = decoding.result()
             if request.encoding != ENCODING_RGB8:

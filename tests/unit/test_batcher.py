@@ -171,3 +171,20 @@ def test_bad_arguments_fail_in_the_constructor(kw):
     args = {"max_batch_size": 4, "max_batch_delay_ms": 1, "max_queue_size": 10} | kw
     with pytest.raises(ValueError):
         Batcher(lambda items: items, **args)
+
+
+def test_pending_hint_closes_a_lone_item_at_once_and_waits_for_known_arrivals():
+    model = Recorder()
+    on_the_way = [0]
+    b = make(model, max_batch_size=8, max_batch_delay_ms=1_000_000, pending=lambda: on_the_way[0])
+    assert b.submit(1).result(timeout=5).batch_size == 1  # nothing else coming: no wait despite the delay
+    on_the_way[0] = 2
+    first = b.submit(2)
+    time.sleep(0.1)
+    assert not first.done()  # two more are known to be coming: the batch stays open
+    on_the_way[0] = 1
+    b.submit(3)
+    on_the_way[0] = 0
+    last = b.submit(4)
+    assert first.result(timeout=5).batch_size == 3 and last.result(timeout=5).batch_size == 3
+    b.stop()
