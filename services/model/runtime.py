@@ -81,7 +81,10 @@ def open_interpreter(path: str | Path, threads: int, batch: int) -> Any:
 
 
 class TFLiteRuntime:
-    """One interpreter per allowed batch size, allocated once; a batch is zero-padded up to the next size.
+    """One interpreter per allowed batch size, allocated once; a batch runs as chunks of those sizes.
+
+    A batch of 7 runs as 4 + 2 + 1, never padded to 8: on a CPU the cost per image barely depends on the
+    batch size (7.8 core-ms at 1, 7.75 at 4 on 2 cores), so padding would be pure waste (up to ~45 %).
 
     Invoke releases the GIL (measured on 2 cores: a pure-Python counting thread kept 77 % of its solo speed
     while batches of 16 ran beside it, the rest lost to CPU contention), so decoding overlaps inference.
@@ -103,21 +106,33 @@ class TFLiteRuntime:
         )
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        n = len(images)
-        size = next(s for s in self._sizes if s >= n)
-        interpreter = self._interpreters[size]
+        """One invoke on the interpreter of exactly len(images)."""
+        interpreter = self._interpreters[len(images)]
         buffer = interpreter.tensor(interpreter.get_input_details()[0]["index"])()  # a view of the input
-        preprocess_into(images, self._mode, buffer[:n])
-        buffer[n:] = 0
+        preprocess_into(images, self._mode, buffer)
         del buffer  # invoke refuses to run while a view of its buffers is alive
         interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:n]  # a copy
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])  # a copy
+
+    def _chunks(self, n: int) -> list[int]:
+        """n as a sum of allowed sizes, largest first (sizes are padded up only below the smallest one)."""
+        out = []
+        while n > 0:
+            size = next((s for s in reversed(self._sizes) if s <= n), self._sizes[0])
+            out.append(size)
+            n -= size
+        return out
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         _check_input(images, self.input_size)
-        step = self._sizes[-1]  # a batch over the largest size runs in chunks
+        chunks, start = [], 0
         with self._lock:
-            chunks = [self._run(images[i : i + step]) for i in range(0, len(images), step)]
+            for size in self._chunks(len(images)):
+                part = images[start : start + size]
+                if len(part) < size:  # only when 1 is not an allowed size
+                    part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
+                chunks.append(self._run(part)[: len(images) - start])
+                start += size
         out = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
         return _checked(_softmax(out) if self._softmax else out, len(images), self.labels)
 
