@@ -147,7 +147,7 @@ def test_silent_try_is_resent_on_a_new_socket(stubs, make_client, unused_tcp_por
     start = time.monotonic()
     reply = client.classify(b"img", top_k=1)
     assert reply.ok
-    assert 0.2 <= time.monotonic() - start < 1.5
+    assert 0.2 <= time.monotonic() - start < 2.5  # one attempt timeout, then the resend; budget 3 s
     assert [r.request_id for r in stub.requests] == [reply.request_id] * 2  # the same request, resent
     assert stub.peers[0] != stub.peers[1]  # from a rebuilt socket (Lazy Pirate)
     assert (
@@ -167,7 +167,7 @@ def test_client_gives_up_after_retries(stubs, make_client, unused_tcp_port: int)
     start = time.monotonic()
     with pytest.raises(ModelUnavailable, match="after 3 tries"):
         client.classify(b"img", top_k=1)
-    assert 0.45 <= time.monotonic() - start < 1.5  # three tries, far inside the 5 s budget
+    assert 0.45 <= time.monotonic() - start < 3.0  # three tries, inside the 5 s budget
     assert len(stub.requests) == 3
 
 
@@ -203,7 +203,7 @@ def test_overloaded_is_retried_then_surfaced(stubs, make_client, unused_tcp_port
     reply = client.classify(b"img", top_k=1)
     assert reply.status is Status.OVERLOADED
     assert len(stub.requests) == 3
-    assert time.monotonic() - start < 0.5  # retried at once, no waiting out the attempt timeout
+    assert time.monotonic() - start < 2.0  # retried at once, not after the 4 s attempt timeout
 
 
 def test_overloaded_retry_can_succeed(stubs, make_client, unused_tcp_port: int) -> None:
@@ -237,23 +237,23 @@ def test_no_server_fails_within_budget(make_client, unused_tcp_port: int) -> Non
     start = time.monotonic()
     with pytest.raises(ModelUnavailable, match="no model server reachable"):
         client.classify(b"img", top_k=1)
-    assert 0.35 <= time.monotonic() - start < 1.0
+    assert 0.35 <= time.monotonic() - start < 1.9  # within the 2 s budget
 
 
 def test_outage_fails_fast_then_recovers(stubs, make_client, unused_tcp_port: int, monkeypatch) -> None:
     monkeypatch.setattr(model_client, "FAST_FAIL_AFTER_S", 0.3)
     client = make_client(
         model_server=f"127.0.0.1:{unused_tcp_port}",
-        attempt_timeout_ms=200,
+        attempt_timeout_ms=800,
         retries=1,
-        request_timeout_ms=2000,
+        request_timeout_ms=3000,
     )
     with pytest.raises(ModelUnavailable):
-        client.classify(b"img", top_k=1)  # ~0.4 s: both tries wait for a connection
+        client.classify(b"img", top_k=1)  # ~1.6 s: both tries wait for a connection
     start = time.monotonic()
     with pytest.raises(ModelUnavailable):
         client.classify(b"img", top_k=1)  # no server for 0.3 s already: each try waits only briefly
-    assert time.monotonic() - start < 0.3
+    assert time.monotonic() - start < 0.8  # each try waited briefly (~0.05 s), not 0.8 s for a connection
     stubs(unused_tcp_port)
     deadline = time.monotonic() + 5  # the socket reconnects by itself (backing off to RECONNECT_IVL_MAX_MS)
     while time.monotonic() < deadline:
@@ -276,7 +276,7 @@ def test_server_started_after_the_send_still_answers(stubs, make_client, unused_
     finally:
         timer.join()
     assert reply.ok
-    assert time.monotonic() - start < 1.5  # sent as soon as connected, not after a timeout
+    assert time.monotonic() - start < 1.9  # sent as soon as connected, not after the 2 s timeout
 
 
 def test_ping_reports_the_model(stubs, make_client, unused_tcp_port: int) -> None:
@@ -299,7 +299,7 @@ def test_client_follows_the_resolved_addresses(stubs, make_client, unused_tcp_po
     time.sleep(0.1)
     start = time.monotonic()
     assert client.classify(b"img", top_k=1).ok
-    assert time.monotonic() - start < 0.5  # not lost in the old connection (no attempt timeout)
+    assert time.monotonic() - start < 2.0  # not lost in the old connection (no 4 s attempt timeout)
     assert (len(old.requests), len(new.requests)) == (1, 1)
 
 
