@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-$(MODEL_DIR)/manifest.json: $(VENV)/.installed services/model/export.py services/model/checkpoint.py services/model/efficientnet_lite.py
+$(MODEL_DIR)/manifest.json: $(VENV)/.installed services/model/export.py services/model/artifacts.py services/model/checkpoint.py services/model/efficientnet_lite.py
 	$(BIN)/python -m services.model.export --out $(MODEL_DIR)
 
 model: $(MODEL_DIR)/manifest.json

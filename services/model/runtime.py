@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.config import ModelConfig
+from services.model.artifacts import APPLICATION_PREPROCESSING, imagenet_labels, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,6 @@ def _enable_gpu_memory_growth() -> None:
 
 def _read_manifest(directory: Path, cfg: ModelConfig, model_file: str) -> tuple[str, list[str]]:
     """Check the artifacts against the configuration; return the model name and labels."""
-    from services.model.export import sha256_file  # stdlib-only at import time
 
     try:
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
@@ -230,8 +230,6 @@ def load_runtime(cfg: ModelConfig) -> Runtime:
         import keras
 
         if cfg.keras_application:
-            from services.model.export import APPLICATION_PREPROCESSING, imagenet_labels
-
             expected = APPLICATION_PREPROCESSING.get(cfg.keras_application)
             if expected is None:
                 raise ModelError(f"unknown keras_application {cfg.keras_application!r}")
