@@ -55,7 +55,12 @@ chart-check: deploy-tools
 kind-e2e: venv deploy-tools
 	./scripts/kind-e2e.sh
 
-test: model lint chart-check
+# Debian's chromium for tests/browser (installed with apt-get when missing; Playwright downloads no browser).
+.PHONY: browser-setup
+browser-setup:
+	./scripts/browser-setup.sh
+
+test: model lint chart-check browser-setup
 	$(BIN)/python -m pytest -q
 
 bench: model
