@@ -20,7 +20,9 @@ bind = os.environ.get("ZEROLENS_WEB_BIND", "0.0.0.0:8000")
 # whole process. sync workers would need a buffering proxy (nginx) in front; with gthread one is still wise
 # for the public internet, but not required. Each thread keeps its own ZeroMQ socket (see model_client.py).
 worker_class = "gthread"
-workers = int(os.environ.get("ZEROLENS_WEB_WORKERS", "2"))  # about one per core: the work is I/O and JSON
+# About one process per core: with decode_in_web the threads decode photos, and Pillow releases the GIL while
+# it decodes and resizes. 2 × 4, 3 × 3 and 4 × 2 measured within noise of each other (docs/performance.md).
+workers = int(os.environ.get("ZEROLENS_WEB_WORKERS", "2"))
 threads = int(os.environ.get("ZEROLENS_WEB_THREADS", "4"))
 
 # A request waits at most request_timeout_ms for the model; give it that plus slack on every path, so
