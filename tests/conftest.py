@@ -134,6 +134,9 @@ class FakeModelClient:
         self.calls: list[dict[str, Any]] = []
         self.pings = 0
         self.input: tuple[int, float] | None = None  # what input_spec() answers: (size, crop fraction)
+        self.refuse_pixels = (
+            False  # answer BAD_REQUEST to decoded pixels, as a server with another model would
+        )
 
     def _reply(self, request_id: str, top_k: int) -> Reply:
         if self.raises is not None:
@@ -151,6 +154,10 @@ class FakeModelClient:
     ) -> Reply:
         """Record the call and answer as scripted."""
         self.calls.append({"image": bytes(image), "top_k": top_k, "request_id": request_id, "shape": shape})
+        if shape is not None and self.refuse_pixels:
+            return Reply(
+                request_id or "refused", Status.BAD_REQUEST, f"rgb8 pixels must be 224×224×3, got {shape}"
+            )
         return self._reply(request_id or f"fake{len(self.calls):04d}", top_k)
 
     def ping(self, timeout_ms: int | None = None) -> Reply:

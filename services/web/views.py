@@ -11,7 +11,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from services import imaging
 from services.config import WebConfig
-from services.protocol import MAX_TOP_K
+from services.protocol import MAX_TOP_K, Status
 from services.web import metrics
 from services.web.errors import raise_for_reply
 from services.web.model_client import ModelTimeout, ModelUnavailable, get_client
@@ -112,6 +112,12 @@ def _classify(data: bytes, top_k: int) -> dict[str, Any]:
         pixels = imaging.load_rgb(data, size, crop_fraction, cfg.max_image_pixels).tobytes()
         sent = time.perf_counter()
         reply = client.classify(pixels, top_k, request_id=_request_id(), shape=(size, size, 3))
+        if (
+            reply.status is Status.BAD_REQUEST
+        ):  # the model (and its input size) changed: let the server decode
+            spec = None
+            sent = time.perf_counter()
+            reply = client.classify(data, top_k, request_id=_request_id())
     done = time.perf_counter()
     raise_for_reply(reply)
     timings = dict(reply.timings_ms)  # the server's own: queue, preprocess, inference, total

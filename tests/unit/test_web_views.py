@@ -86,6 +86,14 @@ def test_web_tier_sends_decoded_pixels_when_it_knows_the_model_input(client, fak
     assert len(fake_model.calls) == 1
 
 
+def test_pixels_refused_by_another_model_are_resent_as_the_upload(client, fake_model, cat_jpeg) -> None:
+    fake_model.input, fake_model.refuse_pixels = (16, 0.875), True
+    response = post_file(client, "/api/v1/predict", cat_jpeg)
+    assert response.status_code == 200
+    assert [call["shape"] for call in fake_model.calls] == [(16, 16, 3), None]
+    assert fake_model.calls[1]["image"] == cat_jpeg.data
+
+
 @pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/octet-stream"])
 def test_api_accepts_a_raw_image_body(client: FlaskClient, fake_model, photos, content_type) -> None:
     upload = photos["chelsea.png"]
