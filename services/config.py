@@ -71,6 +71,8 @@ class ModelConfig(ImageLimits):
     # TFLite threads for bigger batches, i.e. under load, when decoders (or web workers on the same node) want
     # the other cores: a multi-threaded invoke stalls whenever one of its threads is descheduled.
     batch_inference_threads: int = 2
+    # Batches run at once, each on its own thread with its own interpreters (TFLite; memory × this).
+    inference_workers: int = 1
     # Dynamic batching: a batch closes when full or max_batch_delay_ms after its first request.
     max_batch_size: int = 16
     max_batch_delay_ms: float = 2.0
@@ -94,8 +96,8 @@ _CHOICES = {
 _POSITIVE = {
     "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",
     "ready_timeout_ms", "heartbeat_ivl_ms", "top_k", "input_size", "inference_threads",
-    "batch_inference_threads", "max_batch_size", "max_queue_size", "workers", "decode_threads",
-    "resolve_interval_s",
+    "batch_inference_threads", "inference_workers", "max_batch_size", "max_queue_size", "workers",
+    "decode_threads", "resolve_interval_s",
 }  # fmt: skip
 
 C = TypeVar("C", WebConfig, ModelConfig)

@@ -71,6 +71,7 @@ class Batcher(Generic[In, Out]):
         max_queue_size: int,
         observer: BatchObserver | None = None,
         pending: Callable[[], int] | None = None,
+        threads: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -87,14 +88,17 @@ class Batcher(Generic[In, Out]):
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"batcher-{i}", daemon=True) for i in range(threads)
+        ]
 
     def start(self) -> Batcher[In, Out]:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        return all(thread.is_alive() for thread in self._threads)
 
     def qsize(self) -> int:
         return len(self._queue)
@@ -116,29 +120,32 @@ class Batcher(Generic[In, Out]):
         return future
 
     def stop(self, timeout: float | None = None) -> None:
-        """Run what is queued, then end the thread; items submitted later are refused."""
+        """Run what is queued, then end the threads; items submitted later are refused."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout)
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            close_at = self._queue[0].enqueued + self._delay_s
-            while len(self._queue) < self.max_batch_size and not self._stopping:
-                if self._pending is not None and self._pending() <= 0:
-                    break  # nothing else is on its way: waiting would only add latency
-                remaining = close_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            n = min(len(self._queue), self.max_batch_size)
-            return [self._queue.popleft() for _ in range(n)]
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                close_at = self._queue[0].enqueued + self._delay_s
+                while 0 < len(self._queue) < self.max_batch_size and not self._stopping:
+                    if self._pending is not None and self._pending() <= 0:
+                        break  # nothing else is on its way: waiting would only add latency
+                    remaining = close_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                n = min(len(self._queue), self.max_batch_size)
+                if n:  # with several threads, another may have taken the items while this one waited
+                    return [self._queue.popleft() for _ in range(n)]
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:

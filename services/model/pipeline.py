@@ -58,6 +58,7 @@ class Pipeline:
             max_queue_size=cfg.max_queue_size,
             observer=metrics.observe_batch,
             pending=lambda: self._decoding,
+            threads=cfg.inference_workers,
         )
         self._lock = threading.Lock()
         self._in_flight = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
+import queue
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -94,21 +94,29 @@ class TFLiteRuntime:
     def __init__(self, name: str, path: Path, labels: list[str], cfg: ModelConfig) -> None:
         self.name, self.labels, self._mode = name, labels, cfg.preprocessing
         self._sizes = cfg.batch_sizes()
-        self._interpreters = {
-            n: open_interpreter(path, cfg.inference_threads if n == 1 else cfg.batch_inference_threads, n)
-            for n in self._sizes
-        }
-        self._lock = threading.Lock()  # an interpreter is not thread-safe
-        details = self._interpreters[1 if 1 in self._sizes else self._sizes[0]].get_input_details()[0]
+        # An interpreter is not thread-safe: one set per inference thread, checked out for each call.
+        self._pool: queue.SimpleQueue[dict[int, Any]] = queue.SimpleQueue()
+        for _ in range(cfg.inference_workers):
+            self._pool.put(
+                {
+                    n: open_interpreter(
+                        path, cfg.inference_threads if n == 1 else cfg.batch_inference_threads, n
+                    )
+                    for n in self._sizes
+                }
+            )
+        probe = self._pool.get()
+        details = probe[1 if 1 in self._sizes else self._sizes[0]].get_input_details()[0]
+        self._pool.put(probe)
         self.input_size = int(details["shape"][1])
         self._softmax = False
         self._softmax = not _is_probabilities(
             self.predict_batch(np.zeros((1, *details["shape"][1:]), np.uint8))
         )
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
+    def _run(self, interpreters: dict[int, Any], images: np.ndarray) -> np.ndarray:
         """One invoke on the interpreter of exactly len(images)."""
-        interpreter = self._interpreters[len(images)]
+        interpreter = interpreters[len(images)]
         buffer = interpreter.tensor(interpreter.get_input_details()[0]["index"])()  # a view of the input
         preprocess_into(images, self._mode, buffer)
         del buffer  # invoke refuses to run while a view of its buffers is alive
@@ -127,13 +135,16 @@ class TFLiteRuntime:
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         _check_input(images, self.input_size)
         chunks, start = [], 0
-        with self._lock:
+        interpreters = self._pool.get()
+        try:
             for size in self._chunks(len(images)):
                 part = images[start : start + size]
                 if len(part) < size:  # only when 1 is not an allowed size
                     part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), part.dtype)])
-                chunks.append(self._run(part)[: len(images) - start])
+                chunks.append(self._run(interpreters, part)[: len(images) - start])
                 start += size
+        finally:
+            self._pool.put(interpreters)
         out = np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
         return _checked(_softmax(out) if self._softmax else out, len(images), self.labels)
 

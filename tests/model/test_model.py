@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -116,6 +117,16 @@ def test_tflite_and_keras_agree(model_dir: str, photos: dict[str, np.ndarray]) -
         for r in ("tflite", "keras")
     ]
     assert np.abs(outs[0] - outs[1]).max() < 1e-4
+
+
+def test_tflite_inference_workers_run_side_by_side(model_dir: str, photos: dict[str, np.ndarray]) -> None:
+    rt = load_runtime(make_config(model_dir, inference_workers=2, inference_threads=1))
+    images = np.stack(list(photos.values()))
+    expected = rt.predict_batch(images)
+    with ThreadPoolExecutor(4) as pool:  # more callers than interpreter sets: they take turns
+        results = list(pool.map(lambda _: rt.predict_batch(images), range(8)))
+    for got in results:
+        np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_config_that_contradicts_the_manifest_is_refused(model_dir: str) -> None:

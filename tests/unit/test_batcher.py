@@ -188,3 +188,23 @@ def test_pending_hint_closes_a_lone_item_at_once_and_waits_for_known_arrivals():
     last = b.submit(4)
     assert first.result(timeout=5).batch_size == 3 and last.result(timeout=5).batch_size == 3
     b.stop()
+
+
+def test_several_threads_run_batches_at_the_same_time():
+    running, peak, lock = [0], [0], threading.Lock()
+    both_in = threading.Barrier(2, timeout=5)
+
+    def model(items):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        both_in.wait()  # only returns once a second batch runs beside this one
+        with lock:
+            running[0] -= 1
+        return items
+
+    b = make(model, max_batch_size=1, max_batch_delay_ms=0, threads=2)
+    futures = [b.submit(i) for i in range(2)]
+    assert [f.result(timeout=5).output for f in futures] == [0, 1]
+    assert peak[0] == 2
+    b.stop()
