@@ -128,9 +128,8 @@ class Pipeline:
             done(reply)
 
         if request.encoding == ENCODING_RGB8:  # decoded by the client: straight to the batcher, no copy
-            decoded: Future = Future()
-            decoded.set_result((np.frombuffer(request.image, np.uint8).reshape(request.shape), received, 0.0))
-            self._decoded(decoded, request, received, deadline, finish)
+            image = np.frombuffer(request.image, np.uint8).reshape(request.shape)
+            self._enqueue(image, request, received, deadline, 0.0, 0.0, finish)
             return None
         try:
             with self._lock:
@@ -156,25 +155,36 @@ class Pipeline:
     def _decoded(
         self, decoding: Future, request: Request, received: float, deadline: float, finish: ReplyCallback
     ) -> None:
+        with self._lock:
+            self._decoding -= 1
         rid = request.request_id
-        if request.encoding != ENCODING_RGB8:
-            with self._lock:
-                self._decoding -= 1
         try:
             image, decode_start, preprocess_s = decoding.result()
-            if request.encoding != ENCODING_RGB8:
-                self._metrics.preprocess_seconds.observe(preprocess_s)
-            batching = self.batcher.submit(image, deadline)
         except imaging.ImageError as exc:
             return finish(Reply(rid, Status.BAD_IMAGE, str(exc)))
         except DeadlineExceeded as exc:
             return finish(Reply(rid, Status.DEADLINE_EXCEEDED, str(exc)))
-        except (QueueFull, BatcherStopped) as exc:
-            return finish(Reply(rid, Status.OVERLOADED, str(exc)))
         except Exception:
             log.exception("request %s: decoding failed", rid)
             return finish(Reply(rid, Status.INTERNAL, "decoding failed"))
-        waited_s = decode_start - received
+        self._metrics.preprocess_seconds.observe(preprocess_s)
+        self._enqueue(image, request, received, deadline, decode_start - received, preprocess_s, finish)
+
+    def _enqueue(
+        self,
+        image: np.ndarray,
+        request: Request,
+        received: float,
+        deadline: float,
+        waited_s: float,
+        preprocess_s: float,
+        finish: ReplyCallback,
+    ) -> None:
+        """Hand a decoded image to the batcher; the reply is built when its batch has run."""
+        try:
+            batching = self.batcher.submit(image, deadline)
+        except (QueueFull, BatcherStopped) as exc:
+            return finish(Reply(request.request_id, Status.OVERLOADED, str(exc)))
         batching.add_done_callback(
             lambda f: self._inferred(f, request, received, waited_s, preprocess_s, finish)
         )
