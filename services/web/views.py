@@ -103,21 +103,19 @@ def _classify(data: bytes, top_k: int) -> dict[str, Any]:
     cfg = _cfg()
     info = imaging.inspect(data, cfg.max_image_pixels)  # ImageError → 400/415 before the network
     client = get_client()
+    request_id = _request_id()
     spec = client.input_spec() if cfg.decode_in_web else None
-    if spec is None:  # the model server decodes the upload
-        sent = time.perf_counter()
-        reply = client.classify(data, top_k, request_id=_request_id())
-    else:
+    reply = None
+    if spec is not None:
         size, crop_fraction = spec
         pixels = imaging.load_rgb(data, size, crop_fraction, cfg.max_image_pixels).tobytes()
         sent = time.perf_counter()
-        reply = client.classify(pixels, top_k, request_id=_request_id(), shape=(size, size, 3))
-        if (
-            reply.status is Status.BAD_REQUEST
-        ):  # the model (and its input size) changed: let the server decode
-            spec = None
-            sent = time.perf_counter()
-            reply = client.classify(data, top_k, request_id=_request_id())
+        reply = client.classify(pixels, top_k, request_id=request_id, shape=(size, size, 3))
+        if reply.status is Status.BAD_REQUEST:  # the model (and its input size) changed under us
+            reply = spec = None
+    if reply is None:  # the model server decodes the upload
+        sent = time.perf_counter()
+        reply = client.classify(data, top_k, request_id=request_id)
     done = time.perf_counter()
     raise_for_reply(reply)
     timings = dict(reply.timings_ms)  # the server's own: queue, preprocess, inference, total
