@@ -123,9 +123,13 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16", help="comma-separated levels")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the first level, discarded")
+    parser.add_argument("--raw", action="store_true", help="send each photo as the body (image/jpeg)")
     parser.add_argument("images", nargs="+", help="JPEG files to upload, round-robin")
     args = parser.parse_args()
-    bodies = [multipart(Path(path).read_bytes()) for path in args.images]
+    bodies = [
+        (data, "image/jpeg") if args.raw else multipart(data)
+        for data in (Path(path).read_bytes() for path in args.images)
+    ]
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.warmup > 0:
         run_level(args.url, bodies, levels[0], args.warmup)

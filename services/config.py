@@ -67,16 +67,18 @@ class ModelConfig(ImageLimits):
     input_size: int = 224
     preprocessing: str = "raw"  # raw (model normalises), tf ([-1,1]), torch (ImageNet mean/std), caffe (BGR)
     crop_fraction: float = 0.875  # centre crop before resizing (224/256, as in the reference pipeline)
-    inference_threads: int = 2  # TFLite threads for a batch of one: an idle server answers fastest
-    # TFLite threads for bigger batches, i.e. under load, when decoders (or web workers on the same node) want
-    # the other cores: a multi-threaded invoke stalls whenever one of its threads is descheduled.
-    batch_inference_threads: int = 2
+    inference_threads: int = 2  # TFLite threads for a lone image while nothing else runs: answers fastest
+    # TFLite threads for everything else (batches, or several inference workers busy), i.e. under load, when
+    # decoders and web workers want the cores too: a multi-threaded invoke stalls whenever one of its threads
+    # is descheduled, one single-threaded invoke per core wastes nothing.
+    batch_inference_threads: int = 1
     # Batches run at once, each on its own thread with its own interpreters (TFLite; memory × this).
-    inference_workers: int = 1
-    # Dynamic batching: a batch closes when full or max_batch_delay_ms after its first request.
-    max_batch_size: int = 16
+    inference_workers: int = 2
+    # Dynamic batching: a batch closes when full or max_batch_delay_ms after its first request. On a CPU the
+    # cost per image rises with the batch (cache), so batches stay small; GPUs want 32+ (helm ci/gpu.yaml).
+    max_batch_size: int = 4
     max_batch_delay_ms: float = 2.0
-    allowed_batch_sizes: str = "1,2,4,8,16"  # TFLite shapes kept ready; a batch is padded up to the next one
+    allowed_batch_sizes: str = "1,2,4"  # TFLite shapes kept ready; a batch runs as chunks of these
     max_queue_size: int = 256  # requests admitted but unanswered; over it → OVERLOADED at once
     workers: int = 2  # inproc workers behind the proxy (socket I/O only; cheap)
     decode_threads: int = 2  # JPEG/PNG decode + resize, in parallel with inference

@@ -20,6 +20,29 @@ class InMemoryRequest(Request):
     MAX_CONTENT_LENGTH caps the whole body before it is parsed.
     """
 
+    def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False) -> Any:
+        self._read_body()
+        return super().get_data(cache, as_text, parse_form_data)
+
+    def _get_stream_for_parsing(self) -> IO[bytes]:
+        self._read_body()
+        return super()._get_stream_for_parsing()
+
+    def _read_body(self) -> None:
+        """Read a body of known length in one call and keep it; the parsers then work from memory.
+
+        Werkzeug reads 8 KiB (raw body) or 64 KiB (multipart) at a time, and each small read makes
+        gunicorn copy all it has read ahead: quadratic in the body size, ~1 core-ms for a 1 MB photo.
+        """
+        length = self.content_length
+        if getattr(self, "_cached_data", None) is not None or not length:
+            return  # already read, empty, or chunked (werkzeug's streaming path)
+        stream, parts = self.stream, []  # `stream` refuses a body over MAX_CONTENT_LENGTH (413)
+        while length > 0 and (part := stream.read(length)):
+            parts.append(part)
+            length -= len(part)
+        self._cached_data = parts[0] if len(parts) == 1 else b"".join(parts)
+
     def _get_file_stream(
         self,
         total_content_length: int | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import shutil
@@ -10,6 +11,25 @@ import tempfile
 from services.config import WebConfig, load
 
 _cfg = load(WebConfig)  # fail at start on a bad ZEROLENS_* setting, before any worker forks
+
+
+def _reuse_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 32 << 20) -> None:
+    """Serve big buffers (uploads, decoded photos) from the heap instead of fresh mmap()s (glibc only).
+
+    Each upload allocates and frees buffers of 0.1-2 MB; above glibc's mmap threshold every one is a new
+    mapping that page-faults in as it is touched: ~140 faults, ~0.4 core-ms per request (5 % of the web
+    tier's CPU). Set before the workers fork, so they inherit it. Memory stays bounded by the trim threshold.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the defaults
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, mmap_threshold)
+    mallopt(m_trim_threshold, trim_threshold)
+
+
+_reuse_freed_memory()
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _created: list[str] = []  # metrics directories this config made (and removes on exit)
 

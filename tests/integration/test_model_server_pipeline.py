@@ -185,7 +185,8 @@ def test_full_queue_answers_overloaded_at_once(make_server, ctx, fake_runtime):
 
 
 def test_deadlines_are_checked_on_arrival_and_before_inference(make_server, ctx, fake_runtime):
-    server = make_server(max_batch_size=1, max_batch_delay_ms=0)
+    # one inference worker, so that the blocker holds it while the late request waits in the queue
+    server = make_server(max_batch_size=1, max_batch_delay_ms=0, inference_workers=1)
     client = Client(ctx, server.port)
     assert client.call(grey_jpeg(50), timeout_ms=-1).status is Status.DEADLINE_EXCEEDED
     fake_runtime.gate.clear()

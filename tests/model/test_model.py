@@ -129,6 +129,40 @@ def test_tflite_inference_workers_run_side_by_side(model_dir: str, photos: dict[
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+class _CountingInterpreter:
+    """Delegates to a TFLite interpreter and counts its invokes."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.invokes = inner, 0
+
+    def invoke(self) -> None:
+        self.invokes += 1
+        self.inner.invoke()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_tflite_lone_image_takes_the_multithreaded_interpreter(
+    model_dir: str, photos: dict[str, np.ndarray]
+) -> None:
+    rt = load_runtime(
+        make_config(model_dir, inference_workers=2, inference_threads=2, batch_inference_threads=1)
+    )
+    assert rt._solo is not None
+    solo = rt._solo[1] = _CountingInterpreter(rt._solo[1])
+    images = np.stack(list(photos.values()))
+    together = rt.predict_batch(images)  # a batch: the single-threaded interpreters
+    assert solo.invokes == 0
+    alone = np.concatenate([rt.predict_batch(image[None]) for image in images])
+    assert solo.invokes == len(images)  # nothing else was running: each lone image took it
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    with ThreadPoolExecutor(4) as pool:  # concurrent lone images: the solo one or a pool set, never both
+        results = list(pool.map(lambda i: rt.predict_batch(images[i % len(images)][None]), range(24)))
+    for i, got in enumerate(results):
+        np.testing.assert_allclose(got[0], together[i % len(images)], atol=1e-5)
+
+
 def test_config_that_contradicts_the_manifest_is_refused(model_dir: str) -> None:
     with pytest.raises(ModelError, match="preprocessing"):
         load_runtime(make_config(model_dir, preprocessing="tf"))

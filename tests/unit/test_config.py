@@ -13,7 +13,7 @@ def test_defaults_work_locally():
     model = config.load(ModelConfig, environ={})
     assert web.model_server == "127.0.0.1:5576"
     assert model.port == 5576 and model.health_port == 8081
-    assert model.batch_sizes() == [1, 2, 4, 8, 16]
+    assert model.batch_sizes() == [1, 2, 4]
 
 
 def test_yaml_then_environment_then_overrides(tmp_path):
@@ -25,7 +25,7 @@ def test_yaml_then_environment_then_overrides(tmp_path):
     assert cfg.max_batch_delay_ms == 3.0 and isinstance(cfg.max_batch_delay_ms, float)
     assert cfg.model_runtime == "keras"
     assert cfg.workers == 4  # explicit overrides beat everything
-    assert cfg.batch_sizes() == [1, 2, 4, 8, 16, 32]
+    assert cfg.batch_sizes() == [1, 2, 4, 32]
 
 
 def test_unknown_key_in_file_is_named(tmp_path):
