@@ -36,8 +36,8 @@ run: model
 	WEB_PORT=$(WEB_PORT) MODEL_DIR=$(MODEL_DIR) BIN=$(BIN) ./scripts/run.sh
 
 lint: venv
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
 
 # GPU=1 also builds zerolens/model:dev-gpu. ZEROLENS_ENGINE=docker skips the podman setup.
 images:

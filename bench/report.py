@@ -66,8 +66,8 @@ def markdown(results: dict) -> str:
         f"on {ref['cores']} cores ({ref['limit_rps'] / ref['ceiling_rps']:.2f}× the ceiling)",
         "",
         "| system | c | images/s | × ceiling | × limit | p50 ms | p95 ms | p99 ms | errors | mean batch "
-        "| mean queue ms | loadgen CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| mean queue ms | server core-ms/image | cores busy | loadgen CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for run in results["runs"]:
         for lv in run["levels"]:
@@ -80,15 +80,31 @@ def markdown(results: dict) -> str:
                 f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
                 f"| {', '.join(f'{k}: {v}' for k, v in lv['errors'].items()) or '–'} "
                 f"| {_fmt(_mean(m, 'zerolens_model_batch_size'), 2)} "
-                f"| {_fmt(queue * 1000 if queue is not None else None)} | {lv['client_cpu_s']:.1f} |"
+                f"| {_fmt(queue * 1000 if queue is not None else None)} | {_core_ms(lv)} "
+                f"| {_fmt(lv.get('busy_pct'), 0)} % | {lv['client_cpu_s']:.1f} |"
             )
-    lines += ["", "Resident memory (MB) at the end of each run:", ""]
+    lines += [
+        "",
+        "Server core-ms/image: the CPU time of the system's processes (all threads, gunicorn's workers",
+        "included) per answered image: their sum, then each process in start order (model server first).",
+        "",
+        "Resident memory (MB) at the end of each run:",
+        "",
+    ]
     for run in results["runs"]:
         for proc, rss in run["rss_mb"].items():
             shown = ", ".join(f"{v:.0f}" for v in rss.values())
             lines.append(f"- {run['system']} / {proc}: {shown} (process first, then its workers)")
     lines += ["", "Summary:", "", "```", summary_lines(results), "```", ""]
     return "\n".join(lines)
+
+
+def _core_ms(level: dict) -> str:
+    per_process = list(level.get("core_ms_per_image", {}).values())
+    if not per_process:
+        return "–"
+    total = f"{sum(per_process):.1f}"
+    return total if len(per_process) == 1 else f"{total} ({' + '.join(f'{v:.1f}' for v in per_process)})"
 
 
 def summary_lines(results: dict) -> str:

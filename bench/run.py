@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from bench import ceiling, loadgen, report
 from bench.photos import photo_set
-from bench.servers import BIN, ROOT, Proc, ensure_model, free_port, model_server, web_server
+from bench.servers import BIN, ROOT, Proc, ensure_model, free_port, machine_busy_s, model_server, web_server
 
 SYSTEMS = ("zerolens-tflite", "zerolens-keras", "in-process", "seed")
 
@@ -103,9 +103,22 @@ def bench_system(
         results = []
         for c in levels:
             progress(f"{name} c={c}")
-            before = scrape(metrics_url)
+            before, busy_before = scrape(metrics_url), machine_busy_s()
+            cpu_before = [p.cpu_s() for p in procs]
             level = loadgen.run_level(url, bodies, c, duration_s)
-            results.append(level.summary() | {"model_metrics": delta(scrape(metrics_url), before)})
+            busy, total = (a - b for a, b in zip(machine_busy_s(), busy_before, strict=True))
+            results.append(
+                level.summary()
+                | {
+                    "model_metrics": delta(scrape(metrics_url), before),
+                    # what each server process spent per answered image, and how busy the cores were
+                    "core_ms_per_image": {
+                        p.name: round((p.cpu_s() - c0) * 1000 / max(level.ok, 1), 2)
+                        for p, c0 in zip(procs, cpu_before, strict=True)
+                    },
+                    "busy_pct": round(100 * busy / total, 1) if total else None,
+                }
+            )
         memory = {p.name: p.rss_mb() for p in procs}
         return {"system": name, "levels": results, "rss_mb": memory}
     finally:

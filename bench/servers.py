@@ -82,6 +82,12 @@ class Proc:
         pids = [self.proc.pid, *_children(self.proc.pid)]
         return {str(pid): _rss_kb(pid) / 1024 for pid in pids}
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the process and its live children (gunicorn's workers) used so far."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        return sum(_cpu_s(pid) for pid in [self.proc.pid, *_children(self.proc.pid)])
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -114,6 +120,24 @@ def _children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             out += [int(c) for c in (task / "children").read_text().split()]
     return out
+
+
+def _cpu_s(pid: int) -> float:
+    try:  # utime and stime: the 14th and 15th fields, counted after the parenthesised command name
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot (/proc/stat; idle and iowait are idle)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    total = sum(values)
+    return (total - values[3] - values[4]) / _CLOCK_TICKS, total / _CLOCK_TICKS
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kb(pid: int) -> float:

@@ -20,7 +20,8 @@ def create_app():
     from flask import Flask, jsonify, request
 
     app = Flask(__name__)
-    cfg = load(ModelConfig, overrides={"max_batch_size": 1, "allowed_batch_sizes": "1", "inference_workers": 1})
+    one_at_a_time = {"max_batch_size": 1, "allowed_batch_sizes": "1", "inference_workers": 1}
+    cfg = load(ModelConfig, overrides=one_at_a_time)
     runtime = []  # loaded after gunicorn forks: one interpreter per worker process
 
     @app.post("/api/v1/predict")

@@ -19,10 +19,13 @@ def test_bench_harness_runs_end_to_end(tmp_path):
     for system in results["runs"]:
         assert [lv["concurrency"] for lv in system["levels"]] == [1, 2]
         assert all(lv["ok"] > 0 and not lv["errors"] for lv in system["levels"]), system
+        for lv in system["levels"]:  # every server process was measured, and each did some work
+            assert lv["core_ms_per_image"] and all(v > 0 for v in lv["core_ms_per_image"].values()), lv
+            assert 0 < lv["busy_pct"] <= 100
     zerolens = results["runs"][0]["levels"][-1]["model_metrics"]
     assert zerolens["zerolens_model_batch_size_count"] > 0  # the model server's metrics were scraped
     assert results["reference"]["ceiling_rps"] > 0 and results["reference"]["limit_rps"] > 0
     table = (out / "results.md").read_text()
-    assert "| zerolens-tflite | 2 |" in table and "× ceiling" in table
+    assert "| zerolens-tflite | 2 |" in table and "× ceiling" in table and "server core-ms/image" in table
     for plot in ("throughput.png", "latency.png", "batch_sizes.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
