@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, never a half-grey image
-# Pillow's own bomb check only warns below ~179 Mpx; `_open` enforces the configured limit on the header
+# Pillow's own bomb check only warns below ~179 Mpx; `open_image` enforces the configured limit on the header
 # instead (opening is lazy, nothing is allocated before the check), so there is one limit, not two.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -63,7 +63,11 @@ def sniff(data: bytes | memoryview) -> str | None:
     return None
 
 
-def _open(data: bytes | memoryview, max_pixels: int) -> Image.Image:
+def open_image(data: bytes | memoryview, max_pixels: int) -> Image.Image:
+    """The upload opened lazily, its type, size and mode checked from the header (no pixel decoding).
+
+    :raise ImageError: empty, not JPEG/PNG, unreadable header, too many pixels, unsupported mode.
+    """
     if len(data) == 0:
         raise ImageError("the upload is empty")
     fmt = sniff(data)
@@ -88,13 +92,13 @@ def _open(data: bytes | memoryview, max_pixels: int) -> Image.Image:
     return img
 
 
-def inspect(data: bytes | memoryview, max_pixels: int) -> ImageInfo:
-    """Check type, size and mode from the header alone (no pixel decoding).
-
-    :raise ImageError: empty, not JPEG/PNG, unreadable header, too many pixels, unsupported mode.
-    """
-    img = _open(data, max_pixels)
+def describe(img: Image.Image) -> ImageInfo:
     return ImageInfo(format=img.format or "", width=img.size[0], height=img.size[1], mode=img.mode)
+
+
+def inspect(data: bytes | memoryview, max_pixels: int) -> ImageInfo:
+    """Check type, size and mode from the header alone (no pixel decoding); see open_image."""
+    return describe(open_image(data, max_pixels))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -119,14 +123,21 @@ def centre_box(width: int, height: int, crop_fraction: float) -> tuple[float, fl
 
 
 def load_rgb(data: bytes | memoryview, size: int, crop_fraction: float, max_pixels: int) -> Image.Image:
-    """Decode, centre-crop and resize to size×size RGB (bicubic), honouring EXIF orientation.
+    """Open and check the upload (open_image), then `fit` it to the model's input.
+
+    :raise ImageError: everything `inspect` refuses, plus truncated or corrupt pixel data.
+    """
+    return fit(open_image(data, max_pixels), size, crop_fraction)
+
+
+def fit(img: Image.Image, size: int, crop_fraction: float) -> Image.Image:
+    """Decode an opened image, centre-crop and resize to size×size RGB (bicubic), honouring EXIF orientation.
 
     JPEGs are decoded at the smallest DCT scale that still leaves the crop at least `size` pixels wide
     (Pillow draft), which is several times faster for big photos and loses nothing at the output size.
 
-    :raise ImageError: everything `inspect` refuses, plus truncated or corrupt pixel data.
+    :raise ImageError: truncated or corrupt pixel data.
     """
-    img = _open(data, max_pixels)
     try:
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if img.format == "JPEG" else 1
         if img.format == "JPEG":

@@ -2,7 +2,7 @@
 
 Data flow and where each failure is decided:
 
-    upload bytes ──► web checks (imaging.inspect) ──► model server ──► Reply.status
+    upload bytes ──► web checks (imaging.open_image) ──► model server ──► Reply.status
     web:    empty or missing 400, body over the limit 413, not JPEG/PNG 415, bad header or bomb 400
     server: BAD_IMAGE 400, BAD_REQUEST 502, TOO_LARGE 413, OVERLOADED 503 + Retry-After,
             DEADLINE_EXCEEDED 504, INTERNAL 502

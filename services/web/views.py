@@ -101,14 +101,15 @@ def _classify(data: bytes, top_k: int) -> dict[str, Any]:
     """Check the photo here, classify it on a model server, and return the API's result object."""
     start = time.perf_counter()
     cfg = _cfg()
-    info = imaging.inspect(data, cfg.max_image_pixels)  # ImageError → 400/415 before the network
+    img = imaging.open_image(data, cfg.max_image_pixels)  # ImageError → 400/415 before the network
+    info = imaging.describe(img)
     client = get_client()
     request_id = _request_id()
     spec = client.input_spec() if cfg.decode_in_web else None
     reply = None
     if spec is not None:
         size, crop_fraction = spec
-        pixels = imaging.load_rgb(data, size, crop_fraction, cfg.max_image_pixels).tobytes()
+        pixels = imaging.fit(img, size, crop_fraction).tobytes()  # the image checked above, opened once
         sent = time.perf_counter()
         reply = client.classify(pixels, top_k, request_id=request_id, shape=(size, size, 3))
         if reply.status is Status.BAD_REQUEST:  # the model (and its input size) changed under us
