@@ -100,7 +100,10 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise
+            # the log says where it hung (draining, joining threads, a gunicorn worker)
+            raise RuntimeError(
+                f"{self.name} still ran {timeout_s} s after signal {sig}; killed. Its log:\n{self.log()}"
+            ) from None
 
 
 _running: list[Proc] = []
@@ -110,7 +113,7 @@ _running: list[Proc] = []
 def _stop_leftovers() -> None:
     """Safety net: a failed test or benchmark never leaves a server holding ports and cores."""
     for proc in _running:
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        with contextlib.suppress(RuntimeError):
             proc.stop(signal.SIGKILL, timeout_s=5)
 
 
