@@ -72,6 +72,10 @@ class ModelConfig(ImageLimits):
     # decoders and web workers want the cores too: a multi-threaded invoke stalls whenever one of its threads
     # is descheduled, one single-threaded invoke per core wastes nothing.
     batch_inference_threads: int = 1
+    # Pin the lone image's interpreter threads to CPUs of their own (services/model/affinity.py): an invoke
+    # after an idle spell otherwise shares one core with its own worker. auto: only when the CPU quota covers
+    # every CPU the process may run on (not in a shared pool of CPUs); on; off.
+    pin_inference_threads: str = "auto"
     # Batches run at once, each on its own thread with its own interpreters (TFLite; memory × this).
     inference_workers: int = 2
     # Dynamic batching: a batch closes when full or max_batch_delay_ms after its first request. On a CPU the
@@ -94,6 +98,7 @@ class ModelConfig(ImageLimits):
 _CHOICES = {
     "model_runtime": ("tflite", "keras"),
     "preprocessing": ("raw", "tf", "torch", "caffe"),
+    "pin_inference_threads": ("auto", "on", "off"),
 }
 _POSITIVE = {
     "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.config import ModelConfig
+from services.model import affinity
 from services.model.artifacts import APPLICATION_PREPROCESSING, imagenet_labels, sha256_file
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,13 @@ class TFLiteRuntime:
         for _ in range(cfg.inference_workers):
             self._pool.put({n: open_interpreter(path, cfg.batch_inference_threads, n) for n in self._sizes})
         self._solo: dict[int, Any] | None = None  # the lone image's interpreter, taken only when free
+        self._pinning: affinity.Pinning | None = None  # its threads' CPUs (see affinity.py)
         if cfg.inference_threads != cfg.batch_inference_threads and 1 in self._sizes:
-            self._solo = {1: open_interpreter(path, cfg.inference_threads, 1)}
+            self._solo, self._pinning = affinity.pin_pool(
+                cfg.pin_inference_threads,
+                lambda: {1: open_interpreter(path, cfg.inference_threads, 1)},
+                cfg.inference_threads,
+            )
         self._solo_lock, self._active_lock, self._active = threading.Lock(), threading.Lock(), 0
         probe = self._pool.get()
         details = probe[self._sizes[0]].get_input_details()[0]
@@ -145,7 +151,11 @@ class TFLiteRuntime:
             solo = alone and len(images) == 1 and self._solo is not None
             if solo and self._solo_lock.acquire(blocking=False):
                 try:
-                    out = self._run(self._solo, images)
+                    if self._pinning is None:
+                        out = self._run(self._solo, images)
+                    else:
+                        with self._pinning.held():
+                            out = self._run(self._solo, images)
                 finally:
                     self._solo_lock.release()
             else:

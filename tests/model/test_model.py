@@ -163,6 +163,31 @@ def test_tflite_lone_image_takes_the_multithreaded_interpreter(
         np.testing.assert_allclose(got[0], together[i % len(images)], atol=1e-5)
 
 
+class _AffinityRecorder(_CountingInterpreter):
+    """Records the CPUs the calling thread may use while it invokes."""
+
+    def invoke(self) -> None:
+        self.seen = os.sched_getaffinity(0)
+        super().invoke()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs (Linux)"
+)
+def test_tflite_lone_image_pool_is_pinned(model_dir: str, photos: dict[str, np.ndarray]) -> None:
+    allowed = os.sched_getaffinity(0)
+    unpinned = load_runtime(make_config(model_dir, inference_threads=2, pin_inference_threads="off"))
+    assert unpinned._pinning is None
+    rt = load_runtime(make_config(model_dir, inference_threads=2, pin_inference_threads="on"))
+    assert rt._pinning is not None and len(rt._pinning.worker_cpus) == 1
+    solo = rt._solo[1] = _AffinityRecorder(rt._solo[1])
+    image = photos["chelsea"][None]
+    np.testing.assert_allclose(rt.predict_batch(image), unpinned.predict_batch(image), atol=1e-5)
+    assert solo.invokes == 1
+    assert solo.seen == allowed - rt._pinning.worker_cpus  # off the pool's CPU while it ran
+    assert os.sched_getaffinity(0) == allowed  # and back afterwards
+
+
 def test_config_that_contradicts_the_manifest_is_refused(model_dir: str) -> None:
     with pytest.raises(ModelError, match="preprocessing"):
         load_runtime(make_config(model_dir, preprocessing="tf"))
