@@ -69,8 +69,14 @@ def multipart(image: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
     return body.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
-def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, duration_s: float) -> LevelResult:
-    """Run `concurrency` closed-loop clients for duration_s against url."""
+def run_level(
+    url: str, bodies: list[tuple[bytes, str]], concurrency: int, duration_s: float, gap_s: float = 0.0
+) -> LevelResult:
+    """Run `concurrency` closed-loop clients for duration_s against url, each pausing gap_s between requests.
+
+    A gap makes the traffic sporadic: the server sits idle between requests, as most servers do most of
+    the day, and its latency then includes whatever an idle spell costs (threads and CPUs going to sleep).
+    """
     parts = urlsplit(url)
     result = LevelResult(concurrency, duration_s)
     lock = threading.Lock()
@@ -100,6 +106,8 @@ def run_level(url: str, bodies: list[tuple[bytes, str]], concurrency: int, durat
             statuses[status] += 1
             if status == 200:
                 latencies.append(elapsed_ms)
+            if gap_s:
+                time.sleep(gap_s)
         conn.close()
         with lock:
             result.latencies_ms.extend(latencies)
@@ -124,6 +132,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the first level, discarded")
     parser.add_argument("--raw", action="store_true", help="send each photo as the body (image/jpeg)")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="pause after each answer (sporadic load)")
     parser.add_argument("images", nargs="+", help="JPEG files to upload, round-robin")
     args = parser.parse_args()
     bodies = [
@@ -134,7 +143,8 @@ def main() -> None:
     if args.warmup > 0:
         run_level(args.url, bodies, levels[0], args.warmup)
     for c in levels:
-        print(json.dumps(run_level(args.url, bodies, c, args.duration).summary()), flush=True)
+        level = run_level(args.url, bodies, c, args.duration, args.gap_ms / 1000)
+        print(json.dumps(level.summary()), flush=True)
 
 
 if __name__ == "__main__":

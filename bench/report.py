@@ -78,10 +78,27 @@ def markdown(results: dict) -> str:
                 f"| {run['system']} | {lv['concurrency']} | {lv['throughput_rps']:.1f} "
                 f"| {rps / ref['ceiling_rps']:.2f} | {rps / ref['limit_rps']:.2f} "
                 f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
-                f"| {', '.join(f'{k}: {v}' for k, v in lv['errors'].items()) or '–'} "
+                f"| {_errors(lv)} "
                 f"| {_fmt(_mean(m, 'zerolens_model_batch_size'), 2)} "
                 f"| {_fmt(queue * 1000 if queue is not None else None)} | {_core_ms(lv)} "
                 f"| {_fmt(lv.get('busy_pct'), 0)} % | {lv['client_cpu_s']:.1f} |"
+            )
+    sporadic = [run for run in results["runs"] if "sporadic" in run]
+    if sporadic:
+        gap = sporadic[0]["sporadic"]["gap_ms"]
+        lines += [
+            "",
+            f"Sporadic requests (one client pausing {gap:g} ms after each answer: the server idles between",
+            "requests, as most servers do most of the day):",
+            "",
+            "| system | requests | p50 ms | p95 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for run in sporadic:
+            sp = run["sporadic"]
+            lines.append(
+                f"| {run['system']} | {sp['ok']} | {sp['p50_ms']:.1f} | {sp['p95_ms']:.1f} "
+                f"| {sp['p99_ms']:.1f} | {_errors(sp)} |"
             )
     lines += [
         "",
@@ -97,6 +114,10 @@ def markdown(results: dict) -> str:
             lines.append(f"- {run['system']} / {proc}: {shown} (process first, then its workers)")
     lines += ["", "Summary:", "", "```", summary_lines(results), "```", ""]
     return "\n".join(lines)
+
+
+def _errors(level: dict) -> str:
+    return ", ".join(f"{status}: {n}" for status, n in level["errors"].items()) or "–"
 
 
 def _core_ms(level: dict) -> str:
@@ -121,6 +142,7 @@ def summary_lines(results: dict) -> str:
             f"{best['throughput_rps'] / ref['limit_rps']:.2f}× limit); "
             f"p50 at c={first['concurrency']}: {first['p50_ms']:.1f} ms "
             f"(ceiling {ref['ceiling_latency_ms']:.1f} ms)"
+            + (f"; sporadic {run['sporadic']['p50_ms']:.1f} ms" if "sporadic" in run else "")
         )
     return "\n".join(out)
 

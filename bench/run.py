@@ -95,8 +95,9 @@ def bench_system(
     settings: dict[str, str],
     web_settings: dict[str, str],
     progress: Callable[[str], None],
+    gap_ms: float = 0.0,
 ) -> dict:
-    """All levels for one system; the processes are stopped whatever happens."""
+    """All levels (then, with gap_ms, sporadic single requests) for one system; the processes always stop."""
     procs, url, metrics_url = start_system(name, tmp, settings, web_settings)
     try:
         loadgen.run_level(url, bodies, levels[0], min(3.0, duration_s))  # warm-up, discarded
@@ -120,7 +121,13 @@ def bench_system(
                 }
             )
         memory = {p.name: p.rss_mb() for p in procs}
-        return {"system": name, "levels": results, "rss_mb": memory}
+        run = {"system": name, "levels": results, "rss_mb": memory}
+        if gap_ms > 0:
+            progress(f"{name} one request every {gap_ms:g} ms")
+            run["sporadic"] = loadgen.run_level(url, bodies, 1, duration_s, gap_ms / 1000).summary() | {
+                "gap_ms": gap_ms
+            }
+        return run
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -134,6 +141,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--megapixels", default="0,1,2,5", help="photo sizes; 0 = the photo's own size")
     parser.add_argument("--set", action="append", default=[], help="model server setting NAME=VALUE")
     parser.add_argument("--web-set", action="append", default=[], help="web tier setting NAME=VALUE")
+    parser.add_argument(
+        "--gap-ms", type=float, default=50.0, help="sporadic level: c=1 with this pause (0: skip it)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
 
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> Path:
     photos = photo_set(sizes)
     bodies = [loadgen.multipart(p.data, f"{p.name}.jpg") for p in photos]
 
-    steps = tqdm(total=1 + len(systems) * len(levels), desc="bench", unit="step")
+    steps = tqdm(total=1 + len(systems) * (len(levels) + (args.gap_ms > 0)), desc="bench", unit="step")
     steps.set_postfix_str("reference (in-process ceiling and core costs)")
     reference = ceiling.measure(photos, str(ensure_model()), duration_s=max(2.0, args.duration / 3))
     steps.update()
@@ -158,7 +168,11 @@ def main(argv: list[str] | None = None) -> Path:
             steps.set_postfix_str(label)
             steps.update()
 
-        runs.append(bench_system(name, out, bodies, levels, args.duration, settings, web_settings, progress))
+        runs.append(
+            bench_system(
+                name, out, bodies, levels, args.duration, settings, web_settings, progress, args.gap_ms
+            )
+        )
     steps.close()
 
     results = {
@@ -168,6 +182,7 @@ def main(argv: list[str] | None = None) -> Path:
         ],
         "reference": asdict(reference) | {"limit_rps": reference.limit_rps},
         "duration_s": args.duration,
+        "gap_ms": args.gap_ms,
         "settings": settings,
         "web_settings": web_settings,
         "runs": runs,

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_harness_runs_end_to_end(tmp_path):
     argv = ["--systems", "zerolens-tflite,in-process,seed", "--concurrency", "1,2", "--duration", "1"]
+    argv += ["--gap-ms", "20"]
     out = run.main([*argv, "--megapixels", "0", "--out", str(tmp_path)])
     results = json.loads((out / "results.json").read_text())
     assert [r["system"] for r in results["runs"]] == ["zerolens-tflite", "in-process", "seed"]
@@ -22,10 +23,14 @@ def test_bench_harness_runs_end_to_end(tmp_path):
         for lv in system["levels"]:  # every server process was measured, and each did some work
             assert lv["core_ms_per_image"] and all(v > 0 for v in lv["core_ms_per_image"].values()), lv
             assert 0 < lv["busy_pct"] <= 100
+        sporadic = system["sporadic"]  # c=1 with a pause after each answer
+        assert sporadic["concurrency"] == 1 and sporadic["gap_ms"] == 20
+        assert 0 < sporadic["ok"] <= 1 / 0.020 and not sporadic["errors"], sporadic
     zerolens = results["runs"][0]["levels"][-1]["model_metrics"]
     assert zerolens["zerolens_model_batch_size_count"] > 0  # the model server's metrics were scraped
     assert results["reference"]["ceiling_rps"] > 0 and results["reference"]["limit_rps"] > 0
     table = (out / "results.md").read_text()
     assert "| zerolens-tflite | 2 |" in table and "× ceiling" in table and "server core-ms/image" in table
+    assert "Sporadic requests (one client pausing 20 ms after each answer" in table
     for plot in ("throughput.png", "latency.png", "batch_sizes.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
