@@ -60,6 +60,8 @@ class Pinning:
 
     def __init__(self, workers: set[int], allowed: set[int]) -> None:
         cpus = sorted(allowed)
+        if not 0 < len(workers) < len(cpus):
+            raise ValueError(f"{len(workers)} worker threads cannot have CPUs of their own among {cpus}")
         self.worker_cpus = set(cpus[-len(workers) :])
         self._caller_cpus = set(cpus) - self.worker_cpus
         self._allowed = set(cpus)
@@ -97,7 +99,7 @@ def pin_pool(mode: str, create: Callable[[], T], threads: int) -> tuple[T, Pinni
         return made, None
     try:
         pinning = Pinning(workers, allowed)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.warning("not pinning: %s", exc)
         return made, None
     log.info("inference pool threads pinned to CPUs %s", sorted(pinning.worker_cpus))

@@ -98,3 +98,10 @@ def test_pin_pool_pins_only_what_it_created() -> None:
     made, pinning = affinity.pin_pool("off", lambda: _Parked().start(), threads=2)
     made.release.set()
     assert pinning is None
+
+
+def test_pinning_needs_a_cpu_left_for_the_caller() -> None:
+    with pytest.raises(ValueError):
+        affinity.Pinning(set(), {0, 1})
+    with pytest.raises(ValueError):
+        affinity.Pinning({101, 102}, {0, 1})
