@@ -64,6 +64,7 @@ def markdown(results: dict) -> str:
         f"{ref['inference_core_ms']:.2f} core-ms (1 thread, batch {ref['best_batch']}) "
         f"→ **limit** {ref['limit_rps']:.1f} images/s "
         f"on {ref['cores']} cores ({ref['limit_rps'] / ref['ceiling_rps']:.2f}× the ceiling)",
+        *_drift(results.get("reference_runs", [])),
         "",
         "| system | c | images/s | × ceiling | × limit | p50 ms | p95 ms | p99 ms | errors | mean batch "
         "| mean queue ms | server core-ms/image | cores busy | loadgen CPU s |",
@@ -114,6 +115,19 @@ def markdown(results: dict) -> str:
             lines.append(f"- {run['system']} / {proc}: {shown} (process first, then its workers)")
     lines += ["", "Summary:", "", "```", summary_lines(results), "```", ""]
     return "\n".join(lines)
+
+
+def _drift(runs: list[dict]) -> list[str]:
+    """How far the references measured before and after the systems differ (the ratios use their mean)."""
+    if len(runs) != 2:
+        return []
+    first, last = runs
+    return [
+        f"- measured before and after the systems (the ratios use the mean): ceiling "
+        f"{first['ceiling_latency_ms']:.1f} → {last['ceiling_latency_ms']:.1f} ms per image, decode "
+        f"{first['decode_core_ms']:.2f} → {last['decode_core_ms']:.2f}, inference "
+        f"{first['inference_core_ms']:.2f} → {last['inference_core_ms']:.2f} core-ms"
+    ]
 
 
 def _errors(level: dict) -> str:

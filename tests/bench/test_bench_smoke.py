@@ -29,8 +29,13 @@ def test_bench_harness_runs_end_to_end(tmp_path):
     zerolens = results["runs"][0]["levels"][-1]["model_metrics"]
     assert zerolens["zerolens_model_batch_size_count"] > 0  # the model server's metrics were scraped
     assert results["reference"]["ceiling_rps"] > 0 and results["reference"]["limit_rps"] > 0
+    before, after = results["reference_runs"]  # the ratios use the mean of the two
+    assert results["reference"]["ceiling_rps"] == pytest.approx(
+        (before["ceiling_rps"] + after["ceiling_rps"]) / 2
+    )
     table = (out / "results.md").read_text()
     assert "| zerolens-tflite | 2 |" in table and "× ceiling" in table and "server core-ms/image" in table
+    assert "measured before and after the systems" in table
     assert "Sporadic requests (one client pausing 20 ms after each answer" in table
     for plot in ("throughput.png", "latency.png", "batch_sizes.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
