@@ -63,27 +63,26 @@ class Pinning:
         if not 0 < len(workers) < len(cpus):
             raise ValueError(f"{len(workers)} worker threads cannot have CPUs of their own among {cpus}")
         self.worker_cpus = set(cpus[-len(workers) :])
-        self._caller_cpus = set(cpus) - self.worker_cpus
-        self._allowed = set(cpus)
         for tid, cpu in zip(sorted(workers), sorted(self.worker_cpus), strict=True):
             os.sched_setaffinity(tid, {cpu})
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        """Run the block with the calling thread kept off the workers' CPUs."""
+        """Run the block with the calling thread kept off the workers' CPUs, then restore its own set."""
         tid = threading.get_native_id()
+        own = os.sched_getaffinity(tid)
         try:
-            os.sched_setaffinity(tid, self._caller_cpus)
+            os.sched_setaffinity(tid, own - self.worker_cpus or own)
         except OSError:  # the cpuset changed under us: run where we are
-            yield
-            return
+            own = set()
         try:
             yield
         finally:
-            try:
-                os.sched_setaffinity(tid, self._allowed)
-            except OSError:
-                os.sched_setaffinity(tid, os.sched_getaffinity(0))
+            if own:
+                try:
+                    os.sched_setaffinity(tid, own)
+                except OSError:
+                    log.warning("could not restore the CPU affinity of thread %d", tid)
 
 
 def pin_pool(mode: str, create: Callable[[], T], threads: int) -> tuple[T, Pinning | None]:

@@ -79,6 +79,13 @@ def test_pinning_spreads_the_pool_and_keeps_the_caller_off_it() -> None:
             assert os.sched_getaffinity(me) == allowed - pinning.worker_cpus
             raise RuntimeError("the block fails")
         assert os.sched_getaffinity(me) == allowed  # restored, even after a failure
+        os.sched_setaffinity(me, pinning.worker_cpus)  # a caller confined to the workers' CPU stays there
+        try:
+            with pinning.held():
+                assert os.sched_getaffinity(me) == pinning.worker_cpus
+            assert os.sched_getaffinity(me) == pinning.worker_cpus  # its own set comes back, not all CPUs
+        finally:
+            os.sched_setaffinity(me, allowed)
     finally:
         parked.release.set()
 
