@@ -1,8 +1,9 @@
 """Untrusted upload bytes → a checked, centre-cropped, resized RGB image (Pillow only; both tiers use it).
 
-The web tier calls `inspect` (header only: cheap) to refuse bad uploads before they cross the network; the
-model server calls `load_rgb` to decode. Pillow's own defaults are too loose for uploads: formats are pinned
-(no EPS/Ghostscript), the pixel count is checked before any decoding, and truncated files are errors.
+The web tier calls `open_image` (header only: cheap) to refuse bad uploads before they cross the network,
+then `fit` on the image it opened; the model server calls `load_rgb` (both in one). Pillow's own defaults
+are too loose for uploads: formats are pinned (no EPS/Ghostscript), the pixel count is checked before any
+decoding, and truncated files are errors.
 """
 
 from __future__ import annotations
@@ -96,11 +97,6 @@ def describe(img: Image.Image) -> ImageInfo:
     return ImageInfo(format=img.format or "", width=img.size[0], height=img.size[1], mode=img.mode)
 
 
-def inspect(data: bytes | memoryview, max_pixels: int) -> ImageInfo:
-    """Check type, size and mode from the header alone (no pixel decoding); see open_image."""
-    return describe(open_image(data, max_pixels))
-
-
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
@@ -125,7 +121,7 @@ def centre_box(width: int, height: int, crop_fraction: float) -> tuple[float, fl
 def load_rgb(data: bytes | memoryview, size: int, crop_fraction: float, max_pixels: int) -> Image.Image:
     """Open and check the upload (open_image), then `fit` it to the model's input.
 
-    :raise ImageError: everything `inspect` refuses, plus truncated or corrupt pixel data.
+    :raise ImageError: everything `open_image` refuses, plus truncated or corrupt pixel data.
     """
     return fit(open_image(data, max_pixels), size, crop_fraction)
 

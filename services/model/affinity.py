@@ -43,9 +43,9 @@ def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The cgroup v2 CPU limit in CPUs (cpu.max), or None when there is none (or no cgroup v2)."""
     try:
         quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):  # absent, or not what cgroup v2 writes
         return None
-    return None if quota == "max" else int(quota) / int(period)
 
 
 def should_pin(mode: str, allowed: set[int], threads: int, quota: float | None) -> bool:

@@ -6,6 +6,7 @@ the tflite path needs only ai-edge-litert (fast to import), never TensorFlow (se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -151,11 +152,8 @@ class TFLiteRuntime:
             solo = alone and len(images) == 1 and self._solo is not None
             if solo and self._solo_lock.acquire(blocking=False):
                 try:
-                    if self._pinning is None:
+                    with self._pinning.held() if self._pinning is not None else contextlib.nullcontext():
                         out = self._run(self._solo, images)
-                    else:
-                        with self._pinning.held():
-                            out = self._run(self._solo, images)
                 finally:
                     self._solo_lock.release()
             else:

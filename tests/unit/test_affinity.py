@@ -37,6 +37,8 @@ def test_cpu_quota_reads_cgroup_v2(tmp_path) -> None:
     assert affinity.cpu_quota(tmp_path) is None
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert affinity.cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("lots 100000\n")  # not what cgroup v2 writes: no quota known
+    assert affinity.cpu_quota(tmp_path) is None
 
 
 class _Parked:

@@ -101,16 +101,16 @@ def test_16_bit_greyscale_is_scaled_not_clipped():
     ],
     ids=["empty", "text", "gif", "pdf", "bomb", "garbage-jpeg"],
 )
-def test_bad_uploads_are_refused_by_inspect_and_load(data, message, unsupported):
-    for call in (lambda: imaging.inspect(data, LIMIT), lambda: imaging.load_rgb(data, 224, 0.875, LIMIT)):
+def test_bad_uploads_are_refused_by_open_image_and_load(data, message, unsupported):
+    for call in (lambda: imaging.open_image(data, LIMIT), lambda: imaging.load_rgb(data, 224, 0.875, LIMIT)):
         with pytest.raises(ImageError, match=message) as info:
             call()
         assert info.value.unsupported is unsupported
 
 
-def test_truncated_jpeg_passes_inspect_but_fails_decode():
+def test_truncated_jpeg_passes_the_header_checks_but_fails_decode():
     data = encode(halves(800, 600), "JPEG")[:3000]
-    info = imaging.inspect(data, LIMIT)
+    info = imaging.describe(imaging.open_image(data, LIMIT))
     assert (info.format, info.width, info.height) == ("JPEG", 800, 600)
     with pytest.raises(ImageError, match="cannot decode image"):
         imaging.load_rgb(data, 224, 0.875, LIMIT)
@@ -119,10 +119,10 @@ def test_truncated_jpeg_passes_inspect_but_fails_decode():
 def test_pixel_limit_is_configurable():
     data = encode(halves(400, 300), "PNG")
     with pytest.raises(ImageError, match="over the 100,000 limit"):
-        imaging.inspect(data, 100_000)
+        imaging.open_image(data, 100_000)
 
 
 def test_unsupported_mode_is_refused():
     data = encode(Image.new("F", (10, 10)), "TIFF")
     with pytest.raises(ImageError, match="TIFF"):
-        imaging.inspect(data, LIMIT)
+        imaging.open_image(data, LIMIT)
