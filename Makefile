@@ -8,11 +8,12 @@ EXTRAS ?= web,model,weights,dev,bench
 MODEL_DIR ?= build/models/efficientnet_lite0
 WEB_PORT ?= 8000
 
-.PHONY: help venv model run test lint bench images deploy-tools chart-check kind-e2e clean
+.PHONY: help venv model run test lint bench drills images deploy-tools chart-check kind-e2e clean
 
 help:
 	@echo "make run    build the model if missing, start the model server and the web tier on :$(WEB_PORT)"
 	@echo "make test   lint and run the whole test suite"
+	@echo "make drills run the reliability drills (tests/drills) and write docs/reliability.md"
 	@echo "make bench  benchmark zerolens against the ceiling and the baselines (BENCH_ARGS=--help)"
 	@echo "make images build zerolens/web:dev and zerolens/model:dev-cpu (GPU=1 adds dev-gpu)"
 	@echo "make chart-check  offline Kubernetes checks: helm lint/template, kubernetes-validate, checkov, hadolint"
@@ -62,6 +63,11 @@ browser-setup:
 
 test: model lint chart-check browser-setup
 	$(BIN)/python -m pytest -q
+
+drills: model
+	rm -rf build/drills
+	$(BIN)/python -m pytest -q tests/drills
+	$(BIN)/python -m tests.drills.report
 
 bench: model
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
