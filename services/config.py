@@ -49,6 +49,10 @@ class WebConfig(ImageLimits):
     # of the upload: decoding then scales with the web pods, and a GPU pod's few cores only run the model.
     decode_in_web: bool = True
     retry_after_s: int = 1  # Retry-After header on 503
+    # Slow clients (services/web/front.py): the request head must arrive within client_header_timeout_s of
+    # its first byte's connection, and the body may pause at most client_body_timeout_s; else 408.
+    client_header_timeout_s: float = 10.0
+    client_body_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ _POSITIVE = {
     "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",
     "ready_timeout_ms", "heartbeat_ivl_ms", "top_k", "input_size", "inference_threads",
     "batch_inference_threads", "inference_workers", "max_batch_size", "max_queue_size", "workers",
-    "decode_threads", "resolve_interval_s",
+    "decode_threads", "resolve_interval_s", "client_header_timeout_s", "client_body_timeout_s",
 }  # fmt: skip
 
 C = TypeVar("C", WebConfig, ModelConfig)

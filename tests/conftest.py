@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bench.servers import free_port
+from bench.servers import Proc, free_port
 from services.protocol import Prediction, Reply, Status
 
 FAKE_LABELS = ["tiger cat", "Egyptian cat", "tabby", "lynx", "tiger", "cougar", "snow leopard"]
@@ -209,3 +209,17 @@ def client(app: Any) -> Iterator[Any]:
     """A Flask test client for `app`."""
     with app.test_client() as client:
         yield client
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[[Proc], Proc]]:
+    """Start a server process for one test; whatever happens, it is stopped when the test ends."""
+    started: list[Proc] = []
+
+    def start(proc: Proc, timeout_s: float = 120) -> Proc:
+        started.append(proc)
+        return proc.start(timeout_s)
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()

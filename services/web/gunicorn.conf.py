@@ -36,10 +36,10 @@ _created: list[str] = []  # metrics directories this config made (and removes on
 wsgi_app = "services.web:create_app()"
 bind = os.environ.get("ZEROLENS_WEB_BIND", "0.0.0.0:8000")
 
-# gthread: each worker serves `threads` requests at once, so a slow upload ties up one thread rather than a
-# whole process. sync workers would need a buffering proxy (nginx) in front; with gthread one is still wise
-# for the public internet, but not required. Each thread keeps its own ZeroMQ socket (see model_client.py).
-worker_class = "gthread"
+# gthread, with each request read by the worker's event loop before a thread gets it (services/web/front.py):
+# a slow or stalled client holds a socket, never a thread, so no proxy in front is needed for that. Each
+# worker serves `threads` requests at once; each thread keeps its own ZeroMQ socket (see model_client.py).
+worker_class = "services.web.front.BufferingThreadWorker"
 # About one process per core: with decode_in_web the threads decode photos, and Pillow releases the GIL while
 # it decodes and resizes. 2 × 4, 3 × 3 and 4 × 2 measured within noise of each other (docs/performance.md).
 workers = int(os.environ.get("ZEROLENS_WEB_WORKERS", "2"))

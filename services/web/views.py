@@ -170,7 +170,9 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Readiness: a model server answers a ping within ready_timeout_ms."""
+    """Readiness: a model server answers a ping within ready_timeout_ms, and this worker is not stopping."""
+    if request.environ.get("zerolens.draining"):  # set by services/web/front.py after SIGTERM
+        return jsonify(status="not ready", reason="stopping: finishing the requests in flight"), 503
     try:
         reply = get_client().ping(_cfg().ready_timeout_ms)
     except (ModelUnavailable, ModelTimeout) as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,17 +22,3 @@ def stack(tmp_path_factory) -> Iterator[tuple[Proc, Proc]]:
     finally:
         web.stop()
         model.stop()
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[[Proc], Proc]]:
-    """Start a server process for one test; whatever happens, it is stopped when the test ends."""
-    started: list[Proc] = []
-
-    def start(proc: Proc, timeout_s: float = 120) -> Proc:
-        started.append(proc)
-        return proc.start(timeout_s)
-
-    yield start
-    for proc in reversed(started):
-        proc.stop()

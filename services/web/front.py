@@ -1,0 +1,279 @@
+"""gunicorn's gthread worker, with each request read by the worker's event loop before a thread serves it.
+
+gthread hands a connection to a thread as soon as its first byte arrives, and the thread then blocks until
+the client has sent the headers and the body. A client that sends them slowly (slowloris, a slow POST)
+holds that thread for as long as it likes; a handful of them stop the worker. Here the selector loop reads
+the request head and body without blocking, under deadlines: a thread only ever gets a request that is
+complete, or one it must refuse (over a size limit, malformed), and parses it from memory with gunicorn's
+own parser. So a thread's time goes to decoding and classifying, never to waiting for a client.
+
+Deadlines: the head must arrive within `client_header_timeout_s` of the connection (or, on a kept-alive
+connection, of its first byte); the body may pause at most `client_body_timeout_s` between reads. A client
+that misses one gets 408 and is closed. The loop holds at most `max_upload_bytes` of body per connection
+(bigger bodies go to a thread at once to be refused with 413), and gunicorn's `worker_connections` bounds
+the connections.
+
+Stopping (SIGTERM): the worker first accepts every connection already waiting in the kernel's accept queue
+and closes its listening sockets — closing a listener resets the connections still queued in it, while a
+connection attempted after the close is refused before it is established — then serves what it holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from services.config import WebConfig, load
+
+REQUEST_START = "zerolens.request_start"  # environ: time.time() when the request's first byte arrived
+DRAINING = "zerolens.draining"  # environ: True once the worker is stopping (readiness turns false)
+READ_SIZE = 256 * 1024
+ACCEPT_BATCH = 64  # connections taken from the accept queue per readiness event
+# A body of tiny chunks costs the loop a step per chunk; uploads come in a few big ones. Beyond this many,
+# the request goes to a thread as it is (gunicorn reads the rest there).
+MAX_CHUNKS = 4096
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_TIMEOUT_BODY = b"the request was not received in time\n"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+class Reading:
+    """What the loop knows about the request it is reading on one connection."""
+
+    __slots__ = ("buf", "first_byte_at", "deadline", "head_end", "need", "chunk_pos", "body_bytes", "chunks")
+
+    def __init__(self, deadline: float) -> None:
+        self.buf = bytearray()
+        self.first_byte_at: float | None = None  # time.time(), for the request's own deadline
+        self.deadline = deadline  # time.monotonic() by which more must have arrived
+        self.head_end: int | None = None  # offset of the body once the head is complete
+        self.need: int | None = None  # total bytes of a Content-Length request
+        self.chunk_pos = 0  # where the next chunk header starts (chunked bodies)
+        self.body_bytes = 0  # chunk payload seen so far
+        self.chunks = 0
+
+
+COMPLETE, INCOMPLETE, DISPATCH = "complete", "incomplete", "dispatch"
+
+
+def scan(reading: Reading, max_head: int, max_body: int) -> str:
+    """Whether the buffered bytes hold a whole request (COMPLETE), need more (INCOMPLETE), or should go to
+    gunicorn's parser as they are (DISPATCH: too big or malformed; it answers 413, 414, 431 or 400).
+
+    Framing is only used to decide when to stop reading: gunicorn parses the request again from the same
+    bytes, so a disagreement can only delay or hasten the hand-over, never change what the app receives.
+    """
+    buf = reading.buf
+    if reading.head_end is None:
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return DISPATCH if len(buf) > max_head else INCOMPLETE
+        reading.head_end = end + 4
+        head = bytes(buf[: reading.head_end])
+        encodings = _TRANSFER_ENCODING.findall(head)
+        lengths = _CONTENT_LENGTH.findall(head)
+        if encodings:
+            codings = [c.strip().lower() for e in encodings for c in e.split(b",")]
+            if lengths or codings[-1] != b"chunked":
+                return DISPATCH  # refused by the parser (400/501)
+            reading.chunk_pos = reading.head_end
+        elif lengths:
+            if len(lengths) > 1 or not lengths[0].isdigit():
+                return DISPATCH
+            length = int(lengths[0])
+            if length > max_body:
+                return DISPATCH  # the app refuses it (413) without reading it
+            reading.need = reading.head_end + length
+        else:
+            reading.need = reading.head_end  # no body
+    if reading.need is not None:
+        return COMPLETE if len(buf) >= reading.need else INCOMPLETE
+    return _scan_chunks(reading, max_body)
+
+
+def _scan_chunks(reading: Reading, max_body: int) -> str:
+    buf, pos = reading.buf, reading.chunk_pos
+    while True:
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            return DISPATCH if len(buf) - pos > 1024 else INCOMPLETE
+        size_text = bytes(buf[pos:line_end]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return DISPATCH
+        if size == 0:  # the last chunk; trailers (usually none) end with an empty line
+            if buf.startswith(b"\r\n", line_end + 2) or buf.find(b"\r\n\r\n", line_end) >= 0:
+                return COMPLETE
+            return DISPATCH if len(buf) - line_end > 8192 else INCOMPLETE
+        reading.body_bytes += size
+        if reading.body_bytes > max_body or reading.chunks >= MAX_CHUNKS:
+            return DISPATCH  # over the limit the app refuses it (413)
+        data_end = line_end + 2 + size + 2
+        if len(buf) < data_end:
+            reading.body_bytes -= size  # counted again once the chunk is complete
+            return INCOMPLETE
+        pos = reading.chunk_pos = data_end
+        reading.chunks += 1
+
+
+class _RequestStart(threading.local):
+    value: float | None = None
+
+
+class BufferingThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker whose event loop reads whole requests before handing them to threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = load(WebConfig)
+        self.header_timeout_s = cfg.client_header_timeout_s
+        self.body_timeout_s = cfg.client_body_timeout_s
+        self.max_body = cfg.max_upload_bytes
+        # gunicorn's parser refuses heads over its own limits (414/431); read at most that much here
+        fields = self.cfg.limit_request_fields * (self.cfg.limit_request_field_size + 2)
+        self.max_head = self.cfg.limit_request_line + fields
+        self.reading: dict[TConn, Reading] = {}
+        self._start = _RequestStart()
+
+    # --- the app sees when its request started, and whether the worker is stopping ---------------------
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        app = self.wsgi
+
+        def wsgi(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+            environ[REQUEST_START] = self._start.value or time.time()
+            environ[DRAINING] = not self.alive
+            return app(environ, start_response)
+
+        self.wsgi = wsgi
+
+    # --- reading in the loop ------------------------------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, addr = listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                    raise
+                return
+            self.nr_conns += 1
+            conn = TConn(self.cfg, client, addr, listener.getsockname())  # sets the socket non-blocking
+            self._read(conn, time.monotonic() + self.header_timeout_s)
+            if self.nr_conns >= self.worker_connections:
+                return
+
+    def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
+        """A kept-alive connection has a new request: read it in the loop too."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._read(conn, time.monotonic() + self.header_timeout_s)
+        self._on_readable(conn, client)
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """Hand a complete request to a thread; bytes of a next request read ahead go through the loop."""
+        if getattr(conn, "buffered", None) is None and conn.parser is not None:
+            ahead = conn.parser.unreader.take_buffered()
+            if ahead:  # pipelined: the rest of that request may still be on its way
+                conn.sock.setblocking(False)
+                self._read(conn, time.monotonic() + self.header_timeout_s)
+                self._received(conn, self.reading[conn], ahead)
+                return
+        super().enqueue_req(conn)
+
+    def _read(self, conn: TConn, deadline: float) -> None:
+        self.reading[conn] = Reading(deadline)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn: TConn, client: socket.socket) -> None:
+        reading = self.reading.get(conn)
+        if reading is None:
+            return
+        try:
+            data = client.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before sending a whole request
+            self._forget(conn)
+            self._close(conn)
+            return
+        self._received(conn, reading, data)
+
+    def _received(self, conn: TConn, reading: Reading, data: bytes) -> None:
+        if reading.first_byte_at is None:
+            reading.first_byte_at = time.time()
+        reading.buf += data
+        state = scan(reading, self.max_head, self.max_body)
+        if state == INCOMPLETE:
+            if reading.head_end is not None:  # the body may pause, but not for long
+                reading.deadline = time.monotonic() + self.body_timeout_s
+            return
+        self._forget(conn)
+        conn.data_ready = True  # skip gthread's own wait for the first byte
+        conn.buffered = reading  # type: ignore[attr-defined]
+        super().enqueue_req(conn)
+
+    def _forget(self, conn: TConn) -> None:
+        self.reading.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+
+    def _close(self, conn: TConn) -> None:
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """Answer 408 to clients that did not send their request in time (and close silent ones)."""
+        super().murder_pending()
+        now = time.monotonic()
+        late = [conn for conn, reading in self.reading.items() if reading.deadline <= now]
+        for conn in late:
+            reading = self.reading[conn]
+            self._forget(conn)
+            if reading.buf:
+                with contextlib.suppress(OSError):  # non-blocking, best effort: the client is slow
+                    conn.sock.send(_REQUEST_TIMEOUT)
+            self._close(conn)
+
+    # --- serving in a thread ------------------------------------------------------------------------
+
+    def handle(self, conn: TConn) -> Any:
+        reading: Reading | None = getattr(conn, "buffered", None)
+        conn.buffered = None  # type: ignore[attr-defined]
+        if reading is not None:
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(bytes(reading.buf))  # the parser reads these before the socket
+            self._start.value = reading.first_byte_at
+        try:
+            return super().handle(conn)
+        finally:
+            self._start.value = None
+
+    # --- stopping -----------------------------------------------------------------------------------
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            for listener in self.sockets:
+                listener.setblocking(False)
+                self.accept(listener)  # what already waits in the accept queue is served
+                listener.close()
