@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,29 @@ class Proc:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log()}")
+
+    def run_to_exit(
+        self, timeout_s: float = 60, watch: Callable[[], None] | None = None, poll_s: float = 0.05
+    ) -> int:
+        """Start a process that must exit by itself (a server refusing to start) and return its exit status.
+
+        `watch` runs between bounded waits on the process (e.g. to check that a port stays closed); the wait
+        is the pacing, so the exit is seen at once. Still running after `timeout_s`: killed, RuntimeError.
+        """
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        _running.append(self)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return self.proc.wait(poll_s)
+            if time.monotonic() > deadline:
+                self.stop(signal.SIGKILL, timeout_s=5)
+                raise RuntimeError(f"{self.name} still ran after {timeout_s} s:\n{self.log()}")
+            if watch is not None:
+                watch()
 
     def _ready(self) -> bool:
         if self.ready_url.startswith("log:"):

@@ -1,4 +1,6 @@
-"""`python -m services.model`: load and warm the model, serve it, drain and exit on SIGTERM."""
+"""`python -m services.model`: load and warm the model, serve it, drain and exit on SIGTERM.
+
+Exit status 2: a bad setting or broken model artifacts, in one log line; 1: a crash or a dead core thread."""
 
 from __future__ import annotations
 
@@ -42,11 +44,18 @@ def main() -> int:
     health = HealthServer(cfg.host, cfg.health_port, live, ready, metrics.registry).start()
     log.info("health on port %d (/livez, /readyz, /metrics)", health.port)
 
-    from services.model.runtime import load_runtime, warm_up  # imports TensorFlow/TFLite: seconds
+    from services.model.runtime import ModelError, load_runtime, warm_up  # imports TFLite or TF
 
     started = time.monotonic()
-    runtime = load_runtime(cfg)
-    warm_up(runtime, cfg.batch_sizes())
+    try:
+        runtime = load_runtime(cfg)
+        warm_up(runtime, cfg.batch_sizes())
+    except ModelError as exc:
+        # As for a bad setting: one line naming the file and the fix, exit 2 (a restart cannot fix it).
+        # Anything else is a bug and keeps its traceback and exit 1.
+        log.error("model artifacts: %s", " ".join(str(exc).split()))
+        health.stop()
+        return 2
     metrics.info.info({"name": cfg.model_name, "runtime": cfg.model_runtime})
     log.info("model %s (%s) loaded and warmed in %.1f s", cfg.model_name, cfg.model_runtime,
              time.monotonic() - started)  # fmt: skip

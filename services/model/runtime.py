@@ -7,12 +7,12 @@ the tflite path needs only ai-edge-litert (fast to import), never TensorFlow (se
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.config import ModelConfig
-from services.model import affinity
-from services.model.artifacts import APPLICATION_PREPROCESSING, imagenet_labels, sha256_file
+from services.model import affinity, artifacts
+from services.model.artifacts import APPLICATION_PREPROCESSING, REBUILD, imagenet_labels
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Runtime(Protocol):
 
 
 class ModelError(RuntimeError):
-    """Model artifacts missing or inconsistent with the configuration, or model output of the wrong shape."""
+    """Artifacts missing, altered, unloadable or at odds with the settings, or output of the wrong shape."""
 
 
 def preprocess_into(images: np.ndarray, mode: str, out: np.ndarray) -> None:
@@ -69,18 +69,30 @@ def _is_probabilities(out: np.ndarray) -> bool:
     return bool((out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
 
+def _unloadable(path: str | Path, exc: Exception) -> ModelError:
+    """A one-line ModelError for a model file its loader refused (TensorFlow's messages span lines)."""
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return ModelError(f"{path} cannot be loaded ({type(exc).__name__}: {reason[:200]}): {REBUILD}")
+
+
 def open_interpreter(path: str | Path, threads: int, batch: int) -> Any:
-    """A TFLite interpreter for `path`, resized to `batch` and allocated (LiteRT, else TensorFlow's)."""
+    """A TFLite interpreter for `path`, resized to `batch` and allocated (LiteRT, else TensorFlow's).
+
+    :raise ModelError: the file is missing or not a model this interpreter can run.
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover - the model extra installs ai-edge-litert
         from tensorflow.lite.python.interpreter import Interpreter
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    shape = list(interpreter.get_input_details()[0]["shape"])
-    interpreter.resize_tensor_input(
-        interpreter.get_input_details()[0]["index"], [batch, *shape[1:]], strict=True
-    )
-    interpreter.allocate_tensors()
+    try:  # LiteRT reports a bad flatbuffer or an unsupported op as ValueError or RuntimeError
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        shape = list(interpreter.get_input_details()[0]["shape"])
+        interpreter.resize_tensor_input(
+            interpreter.get_input_details()[0]["index"], [batch, *shape[1:]], strict=True
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise _unloadable(path, exc) from exc
     return interpreter
 
 
@@ -233,29 +245,43 @@ def _enable_gpu_memory_growth() -> None:
 
 
 def _read_manifest(directory: Path, cfg: ModelConfig, model_file: str) -> tuple[str, list[str]]:
-    """Check the artifacts against the configuration; return the model name and labels."""
-
+    """Verify the artifacts (each file against the manifest) and the configuration; return name, labels."""
+    started = time.perf_counter()
     try:
-        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-        labels = json.loads((directory / "labels.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"no usable model in {directory} ({exc}); build it with `make model`") from None
+        manifest = artifacts.verify(directory, needed=(model_file, artifacts.LABELS))
+        labels = artifacts.read_labels(directory, manifest)
+    except artifacts.ArtifactError as exc:
+        raise ModelError(str(exc)) from None
+    log.info(
+        "%s: %d files match the manifest (%.0f ms)",
+        directory, len(manifest["files"]), (time.perf_counter() - started) * 1000,
+    )  # fmt: skip
     for key in ("input_size", "preprocessing"):
         if manifest.get(key) != getattr(cfg, key):
             raise ModelError(
                 f"{directory} was built for {key}={manifest.get(key)!r}, config has {getattr(cfg, key)!r}"
             )
-    if sha256_file(directory / model_file) != manifest.get("files", {}).get(model_file):
-        raise ModelError(f"{directory / model_file} does not match its manifest: rebuild with `make model`")
     if manifest.get("name") != cfg.model_name:
         log.warning("model_name %r, but %s holds %r", cfg.model_name, directory, manifest.get("name"))
     return cfg.model_name, labels
 
 
+def _load_keras_file(path: Path) -> Any:
+    """keras.saving.load_model without compiling; a file Keras refuses is a ModelError naming it."""
+    import keras
+
+    if not zipfile.is_zipfile(path):  # Keras calls any file that is not a zip archive "not found"
+        raise ModelError(f"{path} cannot be loaded (not a .keras zip archive): {REBUILD}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+        raise _unloadable(path, exc) from exc
+
+
 def load_runtime(cfg: ModelConfig) -> Runtime:
     """The runtime that cfg.model_runtime names, loaded from cfg.model_dir (or cfg.keras_application).
 
-    :raise ModelError: missing or mismatched artifacts, or output of the wrong shape.
+    :raise ModelError: missing, altered, unloadable or mismatched artifacts, or output of the wrong shape.
     """
     started = time.perf_counter()
     directory = Path(cfg.model_dir)
@@ -265,10 +291,6 @@ def load_runtime(cfg: ModelConfig) -> Runtime:
         name, labels = _read_manifest(directory, cfg, "model.tflite")
         runtime: Runtime = TFLiteRuntime(name, directory / "model.tflite", labels, cfg)
     elif cfg.model_runtime == "keras":
-        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-            _enable_gpu_memory_growth()  # before Keras (or anything) can initialise the GPUs
-        import keras
-
         if cfg.keras_application:
             expected = APPLICATION_PREPROCESSING.get(cfg.keras_application)
             if expected is None:
@@ -277,11 +299,17 @@ def load_runtime(cfg: ModelConfig) -> Runtime:
                 raise ModelError(
                     f"{cfg.keras_application} needs preprocessing={expected!r}, not {cfg.preprocessing!r}"
                 )
-            model = getattr(keras.applications, cfg.keras_application)(weights="imagenet")
             name, labels = cfg.keras_application.lower(), imagenet_labels()
-        else:
+        else:  # verified before TensorFlow's import (seconds): a broken directory fails at once
             name, labels = _read_manifest(directory, cfg, "model.keras")
-            model = keras.saving.load_model(directory / "model.keras", compile=False)
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            _enable_gpu_memory_growth()  # before Keras (or anything) can initialise the GPUs
+        if cfg.keras_application:
+            import keras
+
+            model = getattr(keras.applications, cfg.keras_application)(weights="imagenet")
+        else:
+            model = _load_keras_file(directory / "model.keras")
         runtime = KerasRuntime(name, model, labels, cfg)
     else:
         raise ModelError(f"unknown model_runtime {cfg.model_runtime!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -191,6 +193,84 @@ def test_tflite_lone_image_pool_is_pinned(model_dir: str, photos: dict[str, np.n
 def test_config_that_contradicts_the_manifest_is_refused(model_dir: str) -> None:
     with pytest.raises(ModelError, match="preprocessing"):
         load_runtime(make_config(model_dir, preprocessing="tf"))
+
+
+def _broken_copy(model_dir: str, tmp_path, name: str, data: bytes, resign: bool = False) -> str:
+    """A copy of the artifacts with `name` replaced by `data` (and, with resign, its hash recorded)."""
+    out = tmp_path / "broken"
+    shutil.copytree(model_dir, out)
+    (out / name).write_bytes(data)
+    if resign:  # as a hand-edited manifest would: only loading the file can tell
+        manifest = json.loads((out / "manifest.json").read_text())
+        manifest["files"][name] = hashlib.sha256(data).hexdigest()
+        (out / "manifest.json").write_text(json.dumps(manifest))
+    return str(out)
+
+
+@pytest.mark.parametrize("runtime", ["tflite", "keras"])
+def test_labels_altered_after_export_are_refused(model_dir: str, tmp_path, runtime: str) -> None:
+    labels = json.loads(Path(model_dir, "labels.json").read_text())
+    rotated = json.dumps(labels[1:] + labels[:1], indent=0).encode()  # same names, every answer wrong
+    broken = _broken_copy(model_dir, tmp_path, "labels.json", rotated)
+    with pytest.raises(ModelError, match=r"labels.json does not match its manifest \(sha256"):
+        load_runtime(make_config(broken, model_runtime=runtime))
+
+
+def test_the_tflite_runtime_checks_the_keras_file_too(model_dir: str, tmp_path) -> None:
+    broken = _broken_copy(model_dir, tmp_path, "model.keras", b"PK\x03\x04")
+    with pytest.raises(ModelError, match="model.keras does not match its manifest"):
+        load_runtime(make_config(broken, model_runtime="tflite"))
+
+
+@pytest.mark.parametrize(
+    ("runtime", "name", "damage", "says"),
+    [
+        (
+            "tflite",
+            "model.tflite",
+            "truncate",
+            r"cannot be loaded \(ValueError: The model is not a valid Flatbuffer",
+        ),
+        ("keras", "model.keras", "truncate", r"cannot be loaded \(not a .keras zip archive\)"),
+        ("keras", "model.keras", "flip", r"cannot be loaded \(BadZipFile: Bad CRC-32"),
+    ],
+)
+def test_a_model_file_that_matches_a_rewritten_manifest_but_does_not_load(
+    model_dir: str, tmp_path, runtime: str, name: str, damage: str, says: str
+) -> None:
+    data = bytearray(Path(model_dir, name).read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # the zip directory intact, a stored member's bytes not
+        data[len(data) // 3 : len(data) // 3 + 4096] = bytes(b ^ 0xFF for b in data[len(data) // 3 :][:4096])
+    broken = _broken_copy(model_dir, tmp_path, name, bytes(data), resign=True)
+    with pytest.raises(ModelError, match=f"{name} {says}") as info:
+        load_runtime(make_config(broken, model_runtime=runtime))
+    assert "\n" not in str(info.value)
+
+
+def test_labels_of_the_wrong_length_are_refused(model_dir: str, tmp_path) -> None:
+    labels = json.loads(Path(model_dir, "labels.json").read_text())
+    broken = _broken_copy(model_dir, tmp_path, "labels.json", json.dumps(labels[:-1]).encode(), resign=True)
+    with pytest.raises(ModelError, match="labels.json holds 999 labels, the manifest says 1000 classes"):
+        load_runtime(make_config(broken))
+
+
+def test_a_keras_application_needs_no_artifacts(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import keras
+
+    def application(weights: str) -> keras.Model:  # stands in for the download of real weights
+        inputs = keras.Input((224, 224, 3))
+        pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+        return keras.Model(inputs, keras.layers.Dense(1000, activation="softmax")(pooled))
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", application)
+    cfg = make_config(
+        str(tmp_path / "none"), model_runtime="keras", keras_application="MobileNetV2", preprocessing="tf"
+    )
+    rt = load_runtime(cfg)
+    assert rt.name == "mobilenetv2" and rt.labels[967] == "espresso"
+    assert rt.predict_batch(np.zeros((1, 224, 224, 3), np.uint8)).shape == (1, 1000)
 
 
 def test_export_is_idempotent(model_dir: str) -> None:
