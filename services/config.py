@@ -88,6 +88,10 @@ class ModelConfig(ImageLimits):
     max_batch_delay_ms: float = 2.0
     allowed_batch_sizes: str = "1,2,4"  # TFLite shapes kept ready; a batch runs as chunks of these
     max_queue_size: int = 256  # requests admitted but unanswered; over it → OVERLOADED at once
+    # Of those, how many one client connection (ROUTER routing id) may hold: a peer that floods requests
+    # and never reads the replies gets OVERLOADED and leaves the rest of the queue to everyone else. A web
+    # worker thread has one request in flight (two around a Lazy Pirate retry).
+    max_in_flight_per_client: int = 32
     workers: int = 2  # inproc workers behind the proxy (socket I/O only; cheap)
     decode_threads: int = 2  # JPEG/PNG decode + resize, in parallel with inference
     drain_timeout_s: float = 25.0  # SIGTERM: time to finish in-flight work before exiting
@@ -107,7 +111,8 @@ _CHOICES = {
 _POSITIVE = {
     "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",
     "ready_timeout_ms", "heartbeat_ivl_ms", "top_k", "input_size", "inference_threads",
-    "batch_inference_threads", "inference_workers", "max_batch_size", "max_queue_size", "workers",
+    "batch_inference_threads", "inference_workers", "max_batch_size", "max_queue_size",
+    "max_in_flight_per_client", "workers",
     "decode_threads", "resolve_interval_s", "client_header_timeout_s", "client_body_timeout_s",
 }  # fmt: skip
 

@@ -13,6 +13,8 @@ parsed, so a future version can change everything after it. This module is stdli
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +36,12 @@ ENCODINGS = (ENCODING_IMAGE, ENCODING_RGB8)
 
 MAX_HEADER_BYTES = 4096  # a header is ~150 bytes; anything bigger is garbage or an attack
 MAX_TOP_K = 100
+# A deadline further ahead than this is a client bug or garbage (the web tier's is 10 s); it also keeps
+# the arithmetic on it finite. Allows for a few seconds of clock skew between pods on either side.
+MAX_DEADLINE_AHEAD_MS = 5 * 60 * 1000
+MAX_RGB8_SIDE = 8192  # rgb8 pixels arrive already resized to the model's input (224), never this big
+# What the web tier accepts as X-Request-ID, and what it generates (uuid4 hex): safe to log and echo.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Status(StrEnum):
@@ -139,12 +147,45 @@ def split_envelope(frames: list[Any]) -> tuple[list[Any], list[Any]]:
     return frames[:1], frames[1:]
 
 
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise ProtocolError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):  # json keeps the last of duplicates: two readers could disagree
+        raise ProtocolError("duplicate key in a JSON object")
+    return value
+
+
 def _parse_json_object(raw: bytes | memoryview, what: str) -> dict[str, Any]:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, no duplicate keys, bounded size and nesting."""
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError(f"{what} is {len(raw)} bytes, over the {MAX_HEADER_BYTES}-byte limit")
     try:
-        value = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Decoded here, not by json.loads, which would also guess UTF-16/32 from the first bytes.
+        value = json.loads(
+            bytes(raw).decode("utf-8"),
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
+    except ProtocolError:
+        raise
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[…": the C parser stops at the interpreter's recursion limit
+        raise ProtocolError(f"{what} nests too deep") from None
+    except ValueError as exc:  # an integer of more digits than int() converts
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} must be a JSON object")
@@ -157,18 +198,33 @@ def _check_version(frame: bytes | memoryview) -> None:
         raise ProtocolError(f"unsupported protocol version {shown!r}; this server speaks {VERSION.decode()}")
 
 
+def _valid_id(rid: object) -> bool:
+    return isinstance(rid, str) and REQUEST_ID.fullmatch(rid) is not None
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # not bool, not float: JSON 5.0 and true are refused
+
+
+def _shown(value: object) -> str:
+    """A refused value for an error message, cut short (it came from an untrusted peer)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def peek_request_id(body: list[Any]) -> str:
     """Best-effort request id of a (possibly malformed) request body, so error replies can carry it."""
-    try:
-        header = json.loads(bytes(body[1])) if len(body) > 1 and len(body[1]) <= MAX_HEADER_BYTES else {}
-        rid = header.get("id", "") if isinstance(header, dict) else ""
-        return rid if isinstance(rid, str) else ""
-    except (ValueError, UnicodeDecodeError):
+    if len(body) < 2:
         return ""
+    try:
+        rid = _parse_json_object(body[1], "header").get("id")
+    except ProtocolError:
+        return ""
+    return rid if _valid_id(rid) else ""
 
 
-def decode_request(body: list[Any]) -> Request:
-    """Parse the frames after the envelope into a Request.
+def decode_request(body: list[Any], now_ms: int | None = None) -> Request:
+    """Parse the frames after the envelope into a Request (`now_ms`: the clock, for tests).
 
     :raise ProtocolError: on anything malformed; the caller answers with `exc.status`.
     """
@@ -177,16 +233,22 @@ def decode_request(body: list[Any]) -> Request:
     _check_version(body[0])
     header = _parse_json_object(body[1], "header")
     rid = header.get("id")
-    if not isinstance(rid, str) or not 0 < len(rid) <= 64:
-        raise ProtocolError("header.id must be a non-empty string of at most 64 characters")
+    if not _valid_id(rid):
+        raise ProtocolError("header.id must be 1 to 64 characters from A-Z a-z 0-9 . _ -")
     op = header.get("op", OP_CLASSIFY)
-    if op not in OPS:
-        raise ProtocolError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+    if not isinstance(op, str) or op not in OPS:
+        raise ProtocolError(f"unknown op {_shown(op)}; known: {', '.join(OPS)}")
     deadline_ms = header.get("deadline_ms")
-    if not isinstance(deadline_ms, int) or isinstance(deadline_ms, bool):
+    if not _is_int(deadline_ms):
         raise ProtocolError("header.deadline_ms must be an integer (Unix epoch milliseconds)")
+    latest_ms = (int(time.time() * 1000) if now_ms is None else now_ms) + MAX_DEADLINE_AHEAD_MS
+    if not 0 <= deadline_ms <= latest_ms:  # a past deadline is fine here: answered DEADLINE_EXCEEDED
+        raise ProtocolError(
+            f"header.deadline_ms {_shown(deadline_ms)} is out of range: Unix epoch milliseconds, "
+            f"at most {MAX_DEADLINE_AHEAD_MS // 1000} s from now"
+        )
     top_k = header.get("top_k", 5)
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+    if not _is_int(top_k) or not 1 <= top_k <= MAX_TOP_K:
         raise ProtocolError(f"header.top_k must be an integer from 1 to {MAX_TOP_K}")
     if op == OP_PING:
         if len(body) != 2:
@@ -195,13 +257,19 @@ def decode_request(body: list[Any]) -> Request:
     if len(body) != 3:
         raise ProtocolError(f"a classify request has exactly 3 frames after the envelope, got {len(body)}")
     encoding = header.get("encoding", ENCODING_IMAGE)
-    if encoding not in ENCODINGS:
-        raise ProtocolError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
+        raise ProtocolError(f"unknown encoding {_shown(encoding)}; known: {', '.join(ENCODINGS)}")
     shape = None
     if encoding == ENCODING_RGB8:
         raw = header.get("shape")
-        if not (isinstance(raw, list) and len(raw) == 3 and all(type(d) is int and d > 0 for d in raw)):
-            raise ProtocolError("header.shape must be [height, width, 3] for rgb8")
+        if not (
+            isinstance(raw, list)
+            and len(raw) == 3
+            and all(_is_int(d) and 0 < d <= MAX_RGB8_SIDE for d in raw)
+        ):
+            raise ProtocolError(
+                f"header.shape must be [height, width, 3] for rgb8, sides up to {MAX_RGB8_SIDE}"
+            )
         shape = (raw[0], raw[1], raw[2])
         if shape[2] != 3 or shape[0] * shape[1] * 3 != len(body[2]):
             raise ProtocolError(f"rgb8 image frame is {len(body[2])} bytes, not {shape[0]}×{shape[1]}×3")
@@ -267,5 +335,5 @@ def decode_reply(frames: list[Any]) -> Reply:
             input_size=int(model_input.get("size", 0)),
             crop_fraction=float(model_input.get("crop_fraction", 0.0)),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise ProtocolError(f"malformed reply: {exc!r}") from None

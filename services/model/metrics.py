@@ -24,6 +24,19 @@ class ServerMetrics:
         self.malformed = Counter(
             "zerolens_model_malformed_messages", "Messages that did not follow the protocol", registry=r
         )
+        # Malformed messages not worth an answer: no envelope to route one by, too many frames or bytes.
+        self.dropped = Counter(
+            "zerolens_model_dropped_messages",
+            "Messages dropped without a reply, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "zerolens_model_refused_requests",
+            "Requests answered OVERLOADED at admission: queue_full, client_limit or draining",
+            ["reason"],
+            registry=r,
+        )
 
         def latency(name: str, doc: str) -> Histogram:
             return Histogram(f"zerolens_model_{name}_seconds", doc, buckets=_LATENCY_BUCKETS, registry=r)

@@ -44,7 +44,8 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Predicti
 
 
 class Pipeline:
-    """Owns the decoder pool and the batcher; bounded by max_queue_size admitted requests."""
+    """Owns the decoder pool and the batcher; bounded by max_queue_size admitted requests in all and by
+    max_in_flight_per_client per client."""
 
     def __init__(self, cfg: ModelConfig, runtime: Runtime, metrics: ServerMetrics) -> None:
         self._cfg = cfg
@@ -62,6 +63,9 @@ class Pipeline:
         )
         self._lock = threading.Lock()
         self._in_flight = 0
+        # Admitted requests per client (routing id); a client leaves the map with its last request, so it
+        # never holds more than max_queue_size entries however many peers come and go.
+        self._per_client: dict[bytes, int] = {}
         self._decoding = 0  # admitted requests in the decoder pool: the batcher waits for these only
         self.draining = False
 
@@ -76,26 +80,48 @@ class Pipeline:
     def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return list(self._runtime.predict_batch(np.stack(images)))
 
-    def _admit(self) -> bool:
-        with self._lock:
-            if self._in_flight >= self._cfg.max_queue_size:
-                return False
-            self._in_flight += 1
-        self._metrics.in_flight.inc()
-        return True
+    def clients(self) -> int:
+        """Clients with a request in flight."""
+        return len(self._per_client)
 
-    def _release(self) -> None:
+    def _admit(self, client: bytes) -> str | None:
+        """Count the request in, or say why not (the queue or this client's share is full)."""
+        cfg = self._cfg
+        with self._lock:
+            if self._in_flight >= cfg.max_queue_size:
+                reason, why = "queue_full", f"queue full ({cfg.max_queue_size} requests in flight)"
+            elif (held := self._per_client.get(client, 0)) >= cfg.max_in_flight_per_client:
+                reason = "client_limit"
+                why = f"this client has {held} requests in flight (limit {cfg.max_in_flight_per_client})"
+            else:
+                self._in_flight += 1
+                self._per_client[client] = held + 1
+                reason = ""
+        if reason:
+            self._metrics.refused.labels(reason).inc()
+            return why
+        self._metrics.in_flight.inc()
+        return None
+
+    def _release(self, client: bytes) -> None:
         with self._lock:
             self._in_flight -= 1
+            held = self._per_client.pop(client) - 1
+            if held:
+                self._per_client[client] = held
         self._metrics.in_flight.dec()
 
-    def handle(self, request: Request, received: float, done: ReplyCallback) -> Reply | None:
+    def handle(
+        self, request: Request, received: float, done: ReplyCallback, client: bytes = b""
+    ) -> Reply | None:
         """Answer now (refusals, ping) by returning a Reply, or return None and call `done` later once.
 
-        `received` is time.monotonic() at receipt. `done` may run on another thread.
+        `received` is time.monotonic() at receipt. `done` may run on another thread. `client` names the
+        peer (its routing id) for the per-client bound.
         """
         rid = request.request_id
         if self.draining:
+            self._metrics.refused.labels("draining").inc()
             return Reply(rid, Status.OVERLOADED, "server is draining; try another")
         size = self._cfg.input_size
         if request.op == OP_PING:
@@ -117,14 +143,12 @@ class Pipeline:
                 Status.TOO_LARGE,
                 f"image is {len(request.image)} bytes; limit {self._cfg.max_upload_bytes}",
             )
-        if not self._admit():
-            return Reply(
-                rid, Status.OVERLOADED, f"queue full ({self._cfg.max_queue_size} requests in flight)"
-            )
+        if (refusal := self._admit(client)) is not None:
+            return Reply(rid, Status.OVERLOADED, refusal)
         deadline = received + remaining_s
 
         def finish(reply: Reply) -> None:
-            self._release()
+            self._release(client)
             done(reply)
 
         if request.encoding == ENCODING_RGB8:  # decoded by the client: straight to the batcher, no copy
@@ -138,7 +162,7 @@ class Pipeline:
         except RuntimeError:  # pool shut down
             with self._lock:
                 self._decoding -= 1
-            self._release()
+            self._release(client)
             return Reply(rid, Status.OVERLOADED, "server is stopping")
         decoding.add_done_callback(lambda f: self._decoded(f, request, received, deadline, finish))
         return None

@@ -25,6 +25,16 @@ HEARTBEAT_IVL_MS = 1000  # ZMTP pings to clients: a vanished web pod's queues ar
 MESSAGE_MARGIN_BYTES = 64 * 1024  # header and envelope on top of the largest allowed image
 
 
+def max_frame_bytes(cfg: ModelConfig) -> int:
+    """ZMQ_MAXMSGSIZE: the largest frame, i.e. the image (a little over the limit still gets TOO_LARGE)."""
+    return cfg.max_upload_bytes + MESSAGE_MARGIN_BYTES
+
+
+def max_message_bytes(cfg: ModelConfig) -> int:
+    """The largest whole request: one maximal frame plus the small ones around it; above it, dropped."""
+    return max_frame_bytes(cfg) + MESSAGE_MARGIN_BYTES
+
+
 def frontend_endpoint(host: str, port: int) -> str:
     if ":" in host:  # IPv6 literal
         return f"tcp://[{host}]:{port}"
@@ -54,8 +64,14 @@ class ModelServer:
             sock.linger = 0  # replies left at shutdown go to clients that will retry anyway
         frontend.heartbeat_ivl = HEARTBEAT_IVL_MS
         frontend.heartbeat_timeout = 3 * HEARTBEAT_IVL_MS
-        # A bigger message is dropped and its connection cut before it can take memory.
-        frontend.maxmsgsize = self.cfg.max_upload_bytes + MESSAGE_MARGIN_BYTES
+        # A bigger frame is refused and its connection cut before it takes memory. This bounds frames, not
+        # messages: libzmq buffers every frame of a multipart message before delivering it, however many
+        # there are; the workers drop what is over max_message_bytes once it arrives (docs/protocol.md).
+        frontend.maxmsgsize = max_frame_bytes(self.cfg)
+        # Whole messages a peer may have waiting in the server before TCP pushes back on it: a peer that
+        # floods is held at its own socket, and it may not have more admitted than this anyway. Replies
+        # never block: a ROUTER drops those for a peer over its sndhwm (one that does not read).
+        frontend.rcvhwm = self.cfg.max_in_flight_per_client
         frontend.ipv6 = ":" in self.cfg.host
         try:
             backend.bind(BACKEND)  # bound before the workers connect
@@ -88,7 +104,9 @@ class ModelServer:
             raise self._bind_error
         self.pipeline.start()
         for i in range(self.cfg.workers):
-            worker = Worker(i, self.context, BACKEND, self.pipeline, self.metrics)
+            worker = Worker(
+                i, self.context, BACKEND, self.pipeline, self.metrics, max_message_bytes(self.cfg)
+            )
             worker.start()
             self.workers.append(worker)
         self._started = True

@@ -31,10 +31,17 @@ class Worker(threading.Thread):
     """One DEALER on the inproc backend; socket I/O only, so two or three are plenty."""
 
     def __init__(
-        self, index: int, context: zmq.Context, backend: str, pipeline: Pipeline, metrics: ServerMetrics
+        self,
+        index: int,
+        context: zmq.Context,
+        backend: str,
+        pipeline: Pipeline,
+        metrics: ServerMetrics,
+        max_message_bytes: int,
     ) -> None:
         super().__init__(name=f"worker-{index}", daemon=True)
         self._context = context
+        self._max_message_bytes = max_message_bytes
         self._backend = backend
         self._pipeline = pipeline
         self._metrics = metrics
@@ -74,16 +81,48 @@ class Worker(threading.Thread):
     def _receive(self, worker: zmq.Socket) -> None:
         for _ in range(64):  # drain what is waiting, but let replies out between bursts
             try:
-                frames = worker.recv_multipart(zmq.NOBLOCK, copy=False)
+                first = worker.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._handle([frame.buffer for frame in frames], worker)
+            frames = self._recv_rest(worker, first)
+            if frames:
+                self._handle(frames, worker)
+
+    def _recv_rest(self, worker: zmq.Socket, first: zmq.Frame) -> list[memoryview]:
+        """The message's frames, or [] when it has too many frames or bytes (dropped and counted).
+
+        libzmq has already buffered the whole message (ZMQ_MAXMSGSIZE bounds each frame, nothing bounds
+        their number), so the frames are read one at a time and a flood is released as it is read rather
+        than turned into a list of 100,000 frames first.
+        """
+        frames = [first.buffer]
+        size, count, more = len(first), 1, first.more
+        reason = ""
+        while more:
+            frame = worker.recv(copy=False)  # the rest is already here: messages arrive whole
+            size, count, more = size + len(frame), count + 1, frame.more
+            if reason:
+                continue
+            if count > MAX_FRAMES:
+                reason = "frames"
+            elif size > self._max_message_bytes:
+                reason = "bytes"
+            if reason:
+                frames.clear()  # let go of what was kept so far
+            else:
+                frames.append(frame.buffer)
+        if reason:
+            self._metrics.malformed.inc()
+            self._metrics.dropped.labels(reason).inc()
+            log.info("%s: dropped a message of %d frames, %d bytes", self.name, count, size)
+        return frames
 
     def _handle(self, frames: list[memoryview], worker: zmq.Socket) -> None:
         received = time.monotonic()
         envelope, body = protocol.split_envelope(frames)
-        if not envelope or len(frames) > MAX_FRAMES:
-            self._metrics.malformed.inc()  # nothing to route a reply by, or an obvious flood: drop
+        if not envelope:
+            self._metrics.malformed.inc()  # nothing to route a reply by
+            self._metrics.dropped.labels("envelope").inc()
             return
         try:
             request = protocol.decode_request(body)
@@ -95,7 +134,10 @@ class Worker(threading.Thread):
             )
             return
         try:
-            reply = self._pipeline.handle(request, received, lambda r: self._post(envelope, r, received))
+            # The routing id the ROUTER prepended (first frame) names the peer for the per-client bound.
+            reply = self._pipeline.handle(
+                request, received, lambda r: self._post(envelope, r, received), bytes(envelope[0])
+            )
         except Exception:
             log.exception("%s: request %s failed", self.name, request.request_id)
             reply = Reply(request.request_id, Status.INTERNAL, "internal error")

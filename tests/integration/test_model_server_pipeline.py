@@ -262,3 +262,49 @@ def test_decoded_pixels_skip_the_decoder_and_wrong_shapes_are_refused(make_serve
     )
     ping = client.recv()
     assert (ping.input_size, ping.crop_fraction) == (32, 0.875)
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    """Poll a condition on the server's state (no fixed sleeps)."""
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        threading.Event().wait(0.005)
+
+
+def test_a_client_over_its_share_is_refused_alone(make_server, ctx, fake_runtime):
+    server = make_server(max_in_flight_per_client=2, max_batch_size=1, max_batch_delay_ms=0)
+    fake_runtime.gate.clear()
+    greedy, other = Client(ctx, server.port), Client(ctx, server.port)
+    held = [greedy.send(grey_jpeg(50)) for _ in range(2)]
+    wait_until(lambda: server.pipeline.in_flight == 2)
+    refused = greedy.call(grey_jpeg(50))  # answered at once, while its first two are held
+    assert refused.status is Status.OVERLOADED and "this client has 2 requests in flight" in refused.error
+    rid = other.send(grey_jpeg(60))  # another peer still gets in
+    wait_until(lambda: server.pipeline.in_flight == 3)
+    assert server.pipeline.clients() == 2
+    fake_runtime.gate.set()
+    assert {(r.request_id, r.status) for r in (greedy.recv(), greedy.recv())} == {
+        (h, Status.OK) for h in held
+    }
+    reply = other.recv()
+    assert reply.request_id == rid and reply.status is Status.OK
+    wait_until(lambda: server.pipeline.clients() == 0)  # nothing kept per client once it is answered
+    assert server.metrics.refused.labels("client_limit")._value.get() == 1
+
+
+def test_messages_with_too_many_frames_or_bytes_are_dropped_and_counted(make_server, ctx):
+    server = make_server(max_upload_bytes=1000)
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(f"tcp://127.0.0.1:{server.port}")
+    dropped = server.metrics.dropped
+    raw.send_multipart([b"x"] * 1000)
+    wait_until(lambda: dropped.labels("frames")._value.get() == 1)
+    # Each frame is under the frame limit (1000 + 64 KiB); together they are over the message limit.
+    chunk = b"\0" * 60_000
+    raw.send_multipart([b"", protocol.VERSION, chunk, chunk, chunk])
+    wait_until(lambda: dropped.labels("bytes")._value.get() == 1)
+    assert not raw.poll(0)  # no replies to those
+    assert Client(ctx, server.port).call(grey_jpeg(200)).status is Status.TOO_LARGE  # still serving
+    raw.close()
