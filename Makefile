@@ -56,12 +56,13 @@ chart-check: deploy-tools
 kind-e2e: venv deploy-tools
 	./scripts/kind-e2e.sh
 
-# Debian's chromium for tests/browser (installed with apt-get when missing; Playwright downloads no browser).
-.PHONY: browser-setup
-browser-setup:
-	./scripts/browser-setup.sh
+# Debian's chromium for tests/browser (Playwright downloads no browser) and iptables for the partition
+# drills, installed with apt-get when missing.
+.PHONY: test-tools
+test-tools:
+	./scripts/test-tools.sh
 
-test: model lint chart-check browser-setup
+test: model lint chart-check test-tools
 	$(BIN)/python -m pytest -q
 
 drills: model

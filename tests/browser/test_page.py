@@ -1,6 +1,6 @@
 """The upload page in a real browser: Debian's chromium driven by Playwright, against the real servers.
 
-Chromium comes from `scripts/browser-setup.sh` (run by `make test`); Playwright never downloads a browser.
+Chromium comes from `scripts/test-tools.sh` (run by `make test`); Playwright never downloads a browser.
 The page is served by a real gunicorn talking to a real model server on free loopback ports.
 """
 

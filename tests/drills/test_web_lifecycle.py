@@ -1,4 +1,4 @@
-"""F3: SIGTERM to gunicorn under load: what it accepted is answered, no connection is reset."""
+"""F3, F12: gunicorn stopped (SIGTERM) or recycling its workers under load: nothing reset, nothing lost."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from bench.servers import model_server, web_server
+from tests.drills.load import Load
 
 pytestmark = pytest.mark.integration
 
@@ -74,3 +75,27 @@ def test_sigterm_under_load_resets_nothing(tmp_path, photos, spawn, drill_record
     assert exit_code == 0
     assert resets == 0, after
     assert set(after) <= {"200", "refused"}, after
+
+
+def test_f12_recycled_workers_lose_nothing(tmp_path, photos, spawn, drill_record):
+    requests_ = 1000
+    model = spawn(model_server(tmp_path))
+    web = web_server(tmp_path, model.ports["zmq"])
+    web.argv += ["--max-requests", "50"]  # each worker is replaced after 50 requests
+    spawn(web)
+    pids: set[int] = set()
+    with Load(web.ports["http"], photos["coffee.jpg"].data, clients=8) as load:
+        while not load.wait_count(requests_, timeout_s=0.1):
+            pids.update(web.rss_mb())  # the master and whichever workers are alive now
+    counts = load.counts()
+    drill_record(
+        "F12",
+        "gunicorn --max-requests 50 under c=8",
+        requests=sum(counts.values()),
+        answered_200=counts["200"],
+        errors=sum(counts.values()) - counts["200"],
+        worker_processes_seen=len(pids) - 1,
+    )
+    assert sum(counts.values()) >= requests_
+    assert set(counts) == {"200"}, counts
+    assert len(pids) - 1 > 2  # workers really were replaced
