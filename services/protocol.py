@@ -102,6 +102,10 @@ class Reply:
     # In ping replies: the model's input, so a client can send rgb8 pixels of the right size.
     input_size: int = 0
     crop_fraction: float = 0.0
+    # In OK replies: the requests the server held unanswered as it replied (this one included) and its bound
+    # (max_queue_size), so a client can tell whether the server had room to spare; 0 when it does not say.
+    queue_depth: int = 0
+    queue_capacity: int = 0
 
     @property
     def ok(self) -> bool:
@@ -295,6 +299,8 @@ def encode_reply(reply: Reply) -> list[bytes]:
         body["input"] = {"size": reply.input_size, "crop_fraction": reply.crop_fraction}
     if reply.timings_ms:
         body["timings_ms"] = {k: round(v, 3) for k, v in reply.timings_ms.items()}
+    if reply.queue_capacity:
+        body["queue"] = [reply.queue_depth, reply.queue_capacity]
     return [DELIMITER, VERSION, json.dumps(body, separators=(",", ":")).encode()]
 
 
@@ -320,6 +326,7 @@ def decode_reply(frames: list[Any]) -> Reply:
         body = json.loads(bytes(frames[2]))
         status = Status(body["status"])
         model_input = body.get("input", {})
+        queue_depth, queue_capacity = body.get("queue", (0, 0))
         predictions = [
             Prediction(label=str(p["label"]), index=int(p["index"]), probability=float(p["probability"]))
             for p in body.get("predictions", [])
@@ -334,6 +341,8 @@ def decode_reply(frames: list[Any]) -> Reply:
             model=str(body.get("model", "")),
             input_size=int(model_input.get("size", 0)),
             crop_fraction=float(model_input.get("crop_fraction", 0.0)),
+            queue_depth=int(queue_depth),
+            queue_capacity=int(queue_capacity),
         )
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         raise ProtocolError(f"malformed reply: {exc!r}") from None

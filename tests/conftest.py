@@ -150,10 +150,16 @@ class FakeModelClient:
         return Reply(request_id, Status.OK, None, predictions, timings, batch_size=3, model="fake_net")
 
     def classify(
-        self, image: bytes, top_k: int, request_id: str | None = None, shape: tuple | None = None
+        self,
+        image: bytes,
+        top_k: int,
+        request_id: str | None = None,
+        shape: tuple | None = None,
+        timeout_ms: int | None = None,
     ) -> Reply:
         """Record the call and answer as scripted."""
-        self.calls.append({"image": bytes(image), "top_k": top_k, "request_id": request_id, "shape": shape})
+        call = {"image": bytes(image), "top_k": top_k, "request_id": request_id, "shape": shape}
+        self.calls.append({**call, "timeout_ms": timeout_ms})
         if shape is not None and self.refuse_pixels:
             return Reply(
                 request_id or "refused", Status.BAD_REQUEST, f"rgb8 pixels must be 224×224×3, got {shape}"

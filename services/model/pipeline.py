@@ -240,7 +240,19 @@ class Pipeline:
             "total": (time.monotonic() - received) * 1000,
         }
         predictions = top_k(result.output, self._runtime.labels, request.top_k)
-        finish(Reply(rid, Status.OK, None, predictions, timings_ms, result.batch_size, self._runtime.name))
+        finish(
+            Reply(
+                rid,
+                Status.OK,
+                None,
+                predictions,
+                timings_ms,
+                result.batch_size,
+                self._runtime.name,
+                queue_depth=self._in_flight,  # the web tier's admission grows only while there is room
+                queue_capacity=self._cfg.max_queue_size,
+            )
+        )
 
     def drain(self, timeout_s: float) -> bool:
         """Refuse new work and wait for what is in flight; True when everything finished in time."""

@@ -50,6 +50,19 @@ MODEL_RETRIES = Counter(
     ["reason"],
 )
 
+SHED = Counter(
+    "zerolens_web_shed_requests",
+    "Requests answered 503 before any work, by reason: saturated (the process's admission limit to the model "
+    "tier was reached) or waited (most of the deadline had passed before a thread took the request)",
+    ["reason"],
+)
+DROPPED = Counter(
+    "zerolens_web_dropped_requests",
+    "Requests not worked on because their client had closed the connection, by stage: "
+    "before_decode or before_send (to the model server)",
+    ["stage"],
+)
+
 
 def record_call(op: str, outcome: str, seconds: float) -> None:
     """Count one finished model call and its round trip."""
@@ -60,6 +73,16 @@ def record_call(op: str, outcome: str, seconds: float) -> None:
 def record_retry(reason: str) -> None:
     """Count one extra attempt."""
     MODEL_RETRIES.labels(reason).inc()
+
+
+def record_shed(reason: str) -> None:
+    """Count one request refused before any work."""
+    SHED.labels(reason).inc()
+
+
+def record_dropped(stage: str) -> None:
+    """Count one request left because its client had gone."""
+    DROPPED.labels(stage).inc()
 
 
 def exposition() -> tuple[bytes, str]:

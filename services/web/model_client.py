@@ -3,18 +3,23 @@
 Shape of flaskr's db.py: the client is opened lazily on first use, so no ZeroMQ object exists before
 gunicorn forks its workers (a context inherited across fork asserts, pyzmq issue 1049). Each process
 has one context; each gthread request thread owns one DEALER socket, reused from request to request.
+What one thread learns about the model tier (it is down, it is full, its input size) is kept per process
+in a TierState, so that every thread of the worker knows it at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import zmq
 from flask import Flask, current_app, g
+from zmq.utils.monitor import recv_monitor_message
 
 from services import protocol
 from services.config import WebConfig
@@ -29,12 +34,17 @@ RECONNECT_IVL_MAX_MS = 1_000  # backoff cap: a SYN a second to a dead endpoint; 
 SOCKET_HWM = 16  # one request in flight per socket; a deep queue would only hold stale work
 MAX_REPLY_BYTES = 1 << 20  # replies are a few KB; a bigger message is garbage and cuts the connection
 # While no server is connected a try waits at most CONNECT_WAIT_MS for one (a connect takes a few ms; a
-# restarting server a few seconds). Once this thread has seen no server for FAST_FAIL_AFTER_S, it waits only
-# FAST_FAIL_WAIT_MS (reconnects go on in the background): during an outage requests fail fast with 503 instead
-# of holding every gunicorn thread for the whole deadline, which would starve /healthz too.
+# restarting server a few seconds). Once a thread of this process has waited that long in vain, the tier is
+# down for the whole process and every try waits only FAST_FAIL_WAIT_MS (reconnects go on in the background):
+# one outage costs one discovery, then requests fail fast with 503 instead of holding every gunicorn thread,
+# which would starve /healthz too. The first send that goes through ends the outage.
 CONNECT_WAIT_MS = 1_000
-FAST_FAIL_AFTER_S = 2.0
 FAST_FAIL_WAIT_MS = 50
+SPEC_RETRY_S = 1.0  # after a failed input-size ping, threads go without the size this long rather than ping
+# Admission: an OVERLOADED reply cuts the process's limit to this fraction of what was in flight (Netflix
+# concurrency-limits' AIMD uses 0.9; 0.5 halves as TCP does but leaves the queue idle after each cut).
+ADMISSION_BACKOFF = 0.9
+ADMISSION_MAX = 4096  # "no limit": the limit only matters once an OVERLOADED reply has set it
 
 
 class ModelUnavailable(Exception):
@@ -43,6 +53,71 @@ class ModelUnavailable(Exception):
 
 class ModelTimeout(Exception):
     """The request's overall deadline passed before any server answered (HTTP 504)."""
+
+
+@dataclass
+class Ticket:
+    """One admitted request: the limit's epoch when it was admitted, and the model's answer once known."""
+
+    epoch: int
+    status: Status | None = None  # the reply's status; None when no reply came (or none was asked for)
+    room: bool | None = None  # whether the server had a free slot as it answered; None: it did not say
+
+    def answered(self, reply: Reply) -> None:
+        """Note the model's reply to this request."""
+        self.status = reply.status
+        self.room = reply.queue_depth < reply.queue_capacity if reply.queue_capacity else None
+
+
+class Admission:
+    """How many requests this process lets into the model tier at once: an adaptive limit (AIMD).
+
+    The model servers refuse work over their bounded queue with OVERLOADED; by then the web tier has read and
+    decoded the photo for nothing. So each process learns how much the tier takes from its replies, as TCP
+    learns a path's capacity: an OVERLOADED reply cuts the limit to ADMISSION_BACKOFF × the requests then in
+    flight, once per round (requests admitted before a cut do not cut again); an OK reply raises it by
+    1/limit (about one per round of replies) when the server says it had a free slot as it answered (or does
+    not say). Growing only into room the server reported keeps the probes that end in OVERLOADED, each a
+    decode thrown away, rare. Over the limit a request is refused before any work. The queues are shared
+    with every other web process; each process settles at its share without knowing how many there are, and
+    nothing is cached about the servers that could go stale: the limit moves only on replies.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.limit = float(ADMISSION_MAX)
+        self.in_flight = 0
+        self._epoch = 0
+
+    def try_acquire(self) -> Ticket | None:
+        """A ticket for one request, or None when the limit is reached (shed it)."""
+        with self._lock:
+            if self.in_flight >= max(1, int(self.limit)):  # at least one: the way to learn the queue drained
+                return None
+            self.in_flight += 1
+            return Ticket(self._epoch)
+
+    def release(self, ticket: Ticket) -> None:
+        """Give the ticket back, adapting the limit to the model's answer (ticket.status)."""
+        with self._lock:
+            self.in_flight -= 1
+            if ticket.status is Status.OVERLOADED:
+                if ticket.epoch == self._epoch:
+                    self.limit = max(1.0, min(self.limit, self.in_flight + 1) * ADMISSION_BACKOFF)
+                    self._epoch += 1
+            elif ticket.status is Status.OK and ticket.room is not False:
+                self.limit = min(float(ADMISSION_MAX), self.limit + 1 / self.limit)
+
+
+class TierState:
+    """What the threads of one process share about one model tier (one MODEL_SERVER setting)."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None  # monotonic: when a send first found no server connected
+        self.admission = Admission()
+        self.input_spec: tuple[int, float] | None = None  # the model's (input size, crop fraction)
+        self.spec_failed_at: float | None = None  # monotonic: when the last input-size ping failed
+        self.spec_lock = threading.Lock()  # one input-size ping at a time; the other threads wait for it
 
 
 class ModelClient:
@@ -58,8 +133,10 @@ class ModelClient:
         self._context = context
         self._endpoints = discovery.Endpoints(cfg.model_server, cfg.resolve_interval_s, resolver)
         self._socket: zmq.Socket | None = None
-        self._connected: set[str] = set()
-        self._down_since: float | None = None  # when a send first found no server connected
+        self._monitor: zmq.Socket | None = None  # the socket's connection events
+        self._connected: set[str] = set()  # endpoints connect() was called for
+        self._up: set[str] = set()  # endpoints with a finished handshake: where a send can go
+        self.tier = tier_state(cfg.model_server)
 
     # --- socket lifecycle ---------------------------------------------------------------------------
 
@@ -79,7 +156,10 @@ class ModelClient:
         client.reconnect_ivl = RECONNECT_IVL_MS
         client.reconnect_ivl_max = RECONNECT_IVL_MAX_MS
         client.maxmsgsize = MAX_REPLY_BYTES
-        self._connected = set()
+        # Which servers the socket is connected to, so a retry after OVERLOADED goes only where the DEALER
+        # would send it elsewhere. With IMMEDIATE=1 a pipe joins the round-robin when its handshake succeeds.
+        self._monitor = client.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._connected, self._up = set(), set()
         return client
 
     def _socket_ready(self) -> zmq.Socket:
@@ -102,9 +182,27 @@ class ModelClient:
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and whatever is queued in it) so the next try starts clean."""
         if self._socket is not None:
+            self._socket.disable_monitor()
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._socket.close(linger=0)
             self._socket = None
-            self._connected = set()
+            self._connected, self._up = set(), set()
+
+    def servers_up(self) -> int:
+        """How many servers this thread's socket can send to now (handshake done, not disconnected since)."""
+        while self._monitor is not None:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            endpoint = event["endpoint"].decode()
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._up.add(endpoint)
+            else:
+                self._up.discard(endpoint)
+        return len(self._up & self._connected)
 
     def close(self) -> None:
         """Close this thread's socket; the next call opens a new one."""
@@ -115,18 +213,19 @@ class ModelClient:
     def _send(self, client: zmq.Socket, frames: list, attempt_end: float) -> bool:
         """Send before attempt_end; False when no server was connected in time (IMMEDIATE=1 refuses)."""
         start = time.monotonic()
-        down_long = self._down_since is not None and start - self._down_since >= FAST_FAIL_AFTER_S
-        connect_end = min(attempt_end, start + (FAST_FAIL_WAIT_MS if down_long else CONNECT_WAIT_MS) / 1000)
+        tier = self.tier
         while True:
             try:
                 client.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-                self._down_since = None
+                tier.down_since = None
                 return True
             except zmq.Again:
-                left_ms = (connect_end - time.monotonic()) * 1000
+                # Re-read each round: another thread may find the tier down while this one waits.
+                wait_ms = CONNECT_WAIT_MS if tier.down_since is None else FAST_FAIL_WAIT_MS
+                left_ms = (min(attempt_end, start + wait_ms / 1000) - time.monotonic()) * 1000
                 if left_ms <= 0:
-                    if self._down_since is None:
-                        self._down_since = start
+                    if tier.down_since is None:
+                        tier.down_since = start
                     return False
                 client.poll(min(left_ms, SEND_POLL_MS), zmq.POLLOUT)
 
@@ -136,7 +235,12 @@ class ModelClient:
             left_ms = (attempt_end - time.monotonic()) * 1000
             if left_ms <= 0 or not client.poll(left_ms, zmq.POLLIN):
                 return None
-            frames = client.recv_multipart(zmq.NOBLOCK)
+            try:
+                frames = client.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                # poll can report a message that is gone by the recv (its pipe closed in between, as when
+                # a server drains and disconnects): nothing has arrived yet, keep waiting.
+                continue
             try:
                 reply = protocol.decode_reply(frames)
             except protocol.ProtocolError as exc:
@@ -161,7 +265,7 @@ class ModelClient:
     ) -> Reply:
         """Send one request with retries within its deadline and return the matching reply.
 
-        A non-OK reply is returned, not raised (OVERLOADED only after the retries are spent).
+        A non-OK reply is returned, not raised. OVERLOADED is retried only on another server.
         :raise ModelUnavailable: no server answered within the tries allowed.
         :raise ModelTimeout: the overall deadline passed while waiting for an answer.
         """
@@ -183,6 +287,7 @@ class ModelClient:
         rid = request.request_id
         sent = False
         overloaded: Reply | None = None
+        elsewhere = 0  # tries after OVERLOADED, each to the next connected server
         failure = ""  # why the previous try failed: unreachable, timeout or overloaded
         for attempt in range(tries):
             now = time.monotonic()
@@ -212,10 +317,14 @@ class ModelClient:
                 failure = "timeout"
                 continue
             if reply.status is Status.OVERLOADED:
-                # Retry at once: the DEALER round-robins, so the next try may reach a less busy server.
                 log.info("request %s: overloaded (%s)", rid, reply.error)
                 overloaded, failure = reply, "overloaded"
-                continue
+                # The DEALER round-robins over the servers it is connected to: with n up, the next n - 1
+                # sends reach the others. Resending to the same full server would only add to its load.
+                if elsewhere < self.servers_up() - 1:
+                    elsewhere += 1
+                    continue
+                break
             metrics.record_call(op, reply.status.value.lower(), time.monotonic() - start)
             return reply
         elapsed = time.monotonic() - start
@@ -237,11 +346,17 @@ class ModelClient:
         top_k: int,
         request_id: str | None = None,
         shape: tuple[int, int, int] | None = None,
+        timeout_ms: int | None = None,
     ) -> Reply:
-        """Classify one upload, or (with `shape`) pixels already decoded to the model's input; see call()."""
-        reply = self.call(OP_CLASSIFY, image=image, top_k=top_k, request_id=request_id, shape=shape)
+        """Classify one upload, or (with `shape`) pixels already decoded to the model's input; see call().
+
+        `timeout_ms` is what is left of the request's deadline (default: request_timeout_ms).
+        """
+        reply = self.call(
+            OP_CLASSIFY, image=image, top_k=top_k, request_id=request_id, shape=shape, timeout_ms=timeout_ms
+        )
         if shape is not None and reply.status is Status.BAD_REQUEST:
-            _input_specs.pop(self.cfg.model_server, None)  # the model changed under us: ask again next time
+            self.tier.input_spec = None  # the model changed under us: ask again next time
         return reply
 
     def ping(self, timeout_ms: int | None = None) -> Reply:
@@ -249,19 +364,26 @@ class ModelClient:
         budget = self.cfg.ready_timeout_ms if timeout_ms is None else timeout_ms
         reply = self.call(OP_PING, timeout_ms=budget, attempt_timeout_ms=budget, retries=0)
         if reply.ok and reply.input_size:
-            _input_specs[self.cfg.model_server] = (reply.input_size, reply.crop_fraction)
+            self.tier.input_spec = (reply.input_size, reply.crop_fraction)
         return reply
 
     def input_spec(self) -> tuple[int, float] | None:
-        """The model's (input size, crop fraction) from a ping, cached per process; None when unknown."""
-        spec = _input_specs.get(self.cfg.model_server)
-        if spec is None:
-            try:
-                self.ping()
-            except (ModelUnavailable, ModelTimeout):
-                return None
-            spec = _input_specs.get(self.cfg.model_server)
-        return spec
+        """The model's (input size, crop fraction), asked once per process; None when unknown for now.
+
+        Threads that need it while another thread pings wait for that ping's answer instead of pinging too;
+        after a failed ping they go without it for SPEC_RETRY_S (the upload is then sent as it is).
+        """
+        tier = self.tier
+        if tier.input_spec is not None:
+            return tier.input_spec
+        with tier.spec_lock:
+            failed_at = tier.spec_failed_at
+            retry = failed_at is None or time.monotonic() - failed_at >= SPEC_RETRY_S
+            if tier.input_spec is None and retry:
+                with contextlib.suppress(ModelUnavailable, ModelTimeout):
+                    self.ping()
+                tier.spec_failed_at = None if tier.input_spec is not None else time.monotonic()
+            return tier.input_spec
 
 
 # --- per-process context, per-thread client ----------------------------------------------------------
@@ -270,8 +392,8 @@ _lock = threading.Lock()
 _context: zmq.Context | None = None
 _context_pid: int | None = None
 _local = threading.local()
-# model_server → the model's (input size, crop fraction); dict reads and writes are atomic under the GIL
-_input_specs: dict[str, tuple[int, float]] = {}
+_tiers: dict[str, TierState] = {}  # model_server → what this process's threads know about that tier
+_tiers_pid: int | None = None
 
 
 def _process_context() -> zmq.Context:
@@ -282,6 +404,21 @@ def _process_context() -> zmq.Context:
             _context = zmq.Context()  # never reuse (or term) a context inherited across fork
             _context_pid = os.getpid()
         return _context
+
+
+def tier_state(model_server: str) -> TierState:
+    """This process's shared state for the model tier at model_server (fresh in a forked child)."""
+    global _tiers_pid
+    with _lock:
+        if _tiers_pid != os.getpid():
+            _tiers.clear()  # a parent's locks and limits mean nothing here
+            _tiers_pid = os.getpid()
+        return _tiers.setdefault(model_server, TierState())
+
+
+def admission(cfg: WebConfig) -> Admission:
+    """This process's admission limit for the model tier of cfg."""
+    return tier_state(cfg.model_server).admission
 
 
 def thread_client(cfg: WebConfig) -> ModelClient:

@@ -1,20 +1,28 @@
-"""The routes: the upload page, the form upload, the JSON predict API, health, readiness and metrics."""
+"""The routes: the upload page, the form upload, the JSON predict API, health, readiness and metrics.
+
+A classification is refused before any work (503 + Retry-After, nothing read, decoded or sent) when most of
+its deadline went by before a thread took it, or when this process already has as many requests in the
+model tier as the tier takes (model_client.Admission); it is dropped when its client has gone.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, ServiceUnavailable, UnsupportedMediaType
 
 from services import imaging
 from services.config import WebConfig
 from services.protocol import MAX_TOP_K, Status
 from services.web import metrics
 from services.web.errors import raise_for_reply
-from services.web.model_client import ModelTimeout, ModelUnavailable, get_client
+from services.web.model_client import ModelTimeout, ModelUnavailable, Ticket, admission, get_client
 
 bp = Blueprint("web", __name__)
 
@@ -22,6 +30,16 @@ FIELD = "image"  # the multipart field (and the <input name>) carrying the photo
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body whose type is sniffed anyway
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what an incoming X-Request-ID may look like
 _HOW = f"send a JPEG or PNG photo as multipart/form-data in the field {FIELD!r}"
+_BUSY = "the model servers are busy; please try again in a moment"
+
+# When the request arrived, time.time(): set in the environ by the web tier's gunicorn worker (front.py) when
+# the request's first byte came in, and by a proxy in front as X-Request-Start.
+REQUEST_START = "zerolens.request_start"
+# A request that has waited this fraction of request_timeout_ms before a thread took it is refused at once:
+# what is left (1 s of the default 10 s) is about a classification's p99 under load, and a request that old
+# means the web tier is behind; working on it would only make the requests after it late too.
+SHED_AFTER_FRACTION = 0.9
+MAX_REQUEST_START_AGE_S = 86_400  # an older X-Request-Start is a broken clock or unit, not a wait
 
 
 # Same-origin only: no CDN, no inline script; blob: for the preview; inline style for the bar widths.
@@ -97,10 +115,115 @@ def _request_id() -> str | None:
     return given if _REQUEST_ID.fullmatch(given) else None
 
 
-def _classify(data: bytes, top_k: int) -> dict[str, Any]:
+def parse_request_start(value: str) -> float | None:
+    """Seconds since the epoch from an X-Request-Start value, None when it is not one.
+
+    nginx writes "t=1700000000.123" (seconds); New Relic also accepts milliseconds and microseconds
+    ("t=1700000000123", "t=1700000000123456"), and some proxies leave out the "t=".
+    """
+    text = value.strip().removeprefix("t=")
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number) or number <= 0:
+        return None
+    while number > 1e11:  # more than year 5000 in seconds: milliseconds, microseconds or nanoseconds
+        number /= 1000
+    return number
+
+
+def request_arrived(now: float) -> float:
+    """When the request arrived (time.time()): the earliest our worker or a proxy says, never after now.
+
+    X-Request-Start may come from the client itself, not only from a proxy: it is honoured only to shorten
+    the deadline (a start in the future counts as now), so a client can make its own request fail sooner
+    but never buy itself more time.
+    """
+    arrived = now
+    first_byte = request.environ.get(REQUEST_START)
+    if type(first_byte) in (int, float) and math.isfinite(first_byte):
+        arrived = min(arrived, first_byte)
+    proxy = parse_request_start(request.headers.get("X-Request-Start", ""))
+    if proxy is not None and now - proxy < MAX_REQUEST_START_AGE_S:
+        arrived = min(arrived, proxy)
+    return arrived
+
+
+def _deadline() -> float:
+    """The request's deadline (time.time()), counted from its arrival; 503 now when most of it is gone."""
+    cfg = _cfg()
+    now = time.time()
+    budget_s = cfg.request_timeout_ms / 1000
+    arrived = request_arrived(now)
+    if now - arrived >= SHED_AFTER_FRACTION * budget_s:
+        metrics.record_shed("waited")
+        raise ServiceUnavailable(_BUSY, retry_after=cfg.retry_after_s)
+    return arrived + budget_s
+
+
+def _left_ms(deadline: float) -> int:
+    """Milliseconds left before the deadline; at least 1, so an expired one ends as a timeout (504)."""
+    return max(1, int((deadline - time.time()) * 1000))
+
+
+class ClientGone(Exception):
+    """The client closed its connection: nobody is waiting for the answer."""
+
+
+def _client_gone() -> bool:
+    """True when the client has closed its connection, as a peek at its socket reading end-of-file says.
+
+    Only meaningful once the body has been read (before that, the peek sees the body). A client that
+    half-closes its side while it waits for the answer looks gone too; HTTP clients do not do that.
+    """
+    conn = request.environ.get("gunicorn.socket")
+    if conn is None:  # not under gunicorn (the Flask test client)
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # connected, nothing more sent: waiting for us
+    except ConnectionError:
+        return True  # reset
+    except (OSError, ValueError):
+        return False  # cannot tell (a TLS socket refuses recv flags): assume it is there
+
+
+def _check_client(stage: str) -> None:
+    """Stop here (ClientGone) when the client has left: the work would be thrown away."""
+    if _client_gone():
+        metrics.record_dropped(stage)
+        raise ClientGone(stage)
+
+
+@bp.app_errorhandler(ClientGone)
+def _answer_nobody(e: ClientGone) -> Response:
+    # nginx's "client closed request": nobody reads it, but the access log and metrics show the drop
+    return Response(status=499)
+
+
+def _admitted(read_upload: Callable[[], tuple[bytes, str]]) -> tuple[dict[str, Any], str]:
+    """Refuse the request before any work when it is late or the model tier is full, else classify it."""
+    cfg = _cfg()
+    deadline = _deadline()
+    gate = admission(cfg)
+    ticket = gate.try_acquire()
+    if ticket is None:
+        metrics.record_shed("saturated")
+        raise ServiceUnavailable(_BUSY, retry_after=cfg.retry_after_s)
+    try:
+        data, filename = read_upload()
+        return _classify(data, _top_k(), deadline, ticket), filename
+    finally:
+        gate.release(ticket)
+
+
+def _classify(data: bytes, top_k: int, deadline: float, ticket: Ticket) -> dict[str, Any]:
     """Check the photo here, classify it on a model server, and return the API's result object."""
     start = time.perf_counter()
     cfg = _cfg()
+    _check_client("before_decode")
     img = imaging.open_image(data, cfg.max_image_pixels)  # ImageError → 400/415 before the network
     info = imaging.describe(img)
     client = get_client()
@@ -110,14 +233,19 @@ def _classify(data: bytes, top_k: int) -> dict[str, Any]:
     if spec is not None:
         size, crop_fraction = spec
         pixels = imaging.fit(img, size, crop_fraction).tobytes()  # the image checked above, opened once
+        _check_client("before_send")
         sent = time.perf_counter()
-        reply = client.classify(pixels, top_k, request_id=request_id, shape=(size, size, 3))
+        reply = client.classify(
+            pixels, top_k, request_id=request_id, shape=(size, size, 3), timeout_ms=_left_ms(deadline)
+        )
         if reply.status is Status.BAD_REQUEST:  # the model (and its input size) changed under us
             reply = spec = None
     if reply is None:  # the model server decodes the upload
+        _check_client("before_send")
         sent = time.perf_counter()
-        reply = client.classify(data, top_k, request_id=request_id)
+        reply = client.classify(data, top_k, request_id=request_id, timeout_ms=_left_ms(deadline))
     done = time.perf_counter()
+    ticket.answered(reply)
     raise_for_reply(reply)
     timings = dict(reply.timings_ms)  # the server's own: queue, preprocess, inference, total
     if spec is not None:
@@ -145,8 +273,7 @@ def index() -> str:
 @bp.post("/uploader")
 def uploader() -> Response:
     """Classify a photo posted by the page's form (works without JavaScript) and render the results."""
-    data, filename = _form_upload()
-    result = _classify(data, _top_k())
+    result, filename = _admitted(_form_upload)
     response = Response(render_template("index.html", result=result, filename=filename), mimetype="text/html")
     response.headers["X-Request-ID"] = result["request_id"]
     return response
@@ -155,8 +282,7 @@ def uploader() -> Response:
 @bp.post("/api/v1/predict")
 def predict() -> Response:
     """Classify a photo (multipart field `image`, or a raw image/* body) and answer JSON."""
-    data, _ = _api_upload()
-    result = _classify(data, _top_k())
+    result, _ = _admitted(_api_upload)
     response = jsonify(result)
     response.headers["X-Request-ID"] = result["request_id"]
     return response

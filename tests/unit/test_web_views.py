@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from services.config import ConfigError
-from services.web import create_app
+from services.protocol import Status
+from services.web import create_app, model_client
+from services.web.views import REQUEST_START, parse_request_start
 
 
 def post_file(client: FlaskClient, url: str, upload: Any, **kwargs: Any) -> Any:
@@ -149,3 +155,126 @@ def test_pages_carry_security_headers(client: FlaskClient) -> None:
     response = client.get("/")
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# --- refusing work nobody can use -------------------------------------------------------------------------
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def tiers(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A fresh per-process model tier state (admission limits, outage), so tests do not share it."""
+    fresh: dict = {}
+    monkeypatch.setattr(model_client, "_tiers", fresh)
+    return fresh
+
+
+def assert_refused_before_any_work(response: Any, fake_model: Any) -> None:
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert response.get_json()["error"]["status"] == "SERVICE_UNAVAILABLE"
+    assert fake_model.calls == [] and fake_model.pings == 0  # no decode, no model server asked
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("t=1700000000.123", 1700000000.123),  # nginx: seconds with milliseconds
+        ("t=1700000000123", 1700000000.123),  # New Relic: milliseconds
+        ("t=1700000000123456", 1700000000.123456),  # New Relic: microseconds
+        ("1700000000123", 1700000000.123),  # without "t="
+        ("t=abc", None),
+        ("", None),
+        ("t=-5", None),
+        ("t=nan", None),
+    ],
+)
+def test_x_request_start_formats(value: str, seconds: float | None) -> None:
+    parsed = parse_request_start(value)
+    assert parsed == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_request_that_waited_past_its_deadline_is_refused_at_once(
+    client, fake_model, cat_jpeg, tiers
+) -> None:
+    before = counter("zerolens_web_shed_requests_total", reason="waited")
+    started = time.monotonic()
+    response = post_file(
+        client, "/api/v1/predict", cat_jpeg, environ_base={REQUEST_START: time.time() - 11}
+    )  # the default deadline is 10 s
+    assert time.monotonic() - started < 0.5
+    assert_refused_before_any_work(response, fake_model)
+    assert counter("zerolens_web_shed_requests_total", reason="waited") == before + 1
+
+
+@pytest.mark.parametrize("waited_s", [9.5, 30.0])
+@pytest.mark.parametrize("fmt", ["t={:.3f}", "t={:.0f}", "{:.0f}"])
+def test_proxy_arrival_time_counts_against_the_deadline(client, fake_model, cat_jpeg, tiers, fmt, waited_s):
+    arrived = time.time() - waited_s
+    scale = 1 if "." in fmt else (1000 if fmt.startswith("t") else 1_000_000)  # s, ms or µs
+    header = fmt.format(arrived * scale)
+    response = post_file(client, "/api/v1/predict", cat_jpeg, headers={"X-Request-Start": header})
+    assert_refused_before_any_work(response, fake_model)
+
+
+def test_remaining_deadline_goes_to_the_model_and_cannot_be_extended(client, fake_model, cat_jpeg, tiers):
+    waited = post_file(
+        client, "/api/v1/predict", cat_jpeg, headers={"X-Request-Start": f"t={time.time() - 4:.3f}"}
+    )
+    future = post_file(
+        client, "/api/v1/predict", cat_jpeg, headers={"X-Request-Start": f"t={time.time() + 60:.3f}"}
+    )
+    assert waited.status_code == future.status_code == 200
+    assert 5000 <= fake_model.calls[0]["timeout_ms"] <= 6000  # 10 s deadline, 4 s gone before
+    assert 9000 <= fake_model.calls[1]["timeout_ms"] <= 10_000  # a start in the future counts as now
+
+
+def test_saturated_model_tier_sheds_before_decoding(app, client, fake_model, cat_jpeg, tiers) -> None:
+    gate = model_client.admission(app.config["ZEROLENS"])
+    gate.limit = 1.0  # as an OVERLOADED reply would leave it
+    held = gate.try_acquire()  # one request of this process is with the model tier
+    before = counter("zerolens_web_shed_requests_total", reason="saturated")
+    assert_refused_before_any_work(post_file(client, "/api/v1/predict", cat_jpeg), fake_model)
+    assert counter("zerolens_web_shed_requests_total", reason="saturated") == before + 1
+    held.status = Status.OK
+    gate.release(held)
+    assert post_file(client, "/api/v1/predict", cat_jpeg).status_code == 200
+    assert gate.in_flight == 0 and gate.limit > 2.0  # two served replies raised it
+
+
+def test_overloaded_reply_is_a_503_and_lowers_the_admission_limit(app, client, fake_model, cat_jpeg, tiers):
+    fake_model.status = Status.OVERLOADED
+    response = post_file(client, "/api/v1/predict", cat_jpeg)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    gate = model_client.admission(app.config["ZEROLENS"])
+    assert gate.limit == 1.0 and gate.in_flight == 0  # one request was in flight: 0.9 of it, at least one
+    fake_model.status = Status.BAD_IMAGE
+    assert post_file(client, "/uploader", cat_jpeg).status_code == 400  # the ticket is returned on errors
+    assert gate.in_flight == 0
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected socket pair: (the server's end, the client's end)."""
+    server_end, client_end = socket.socketpair()
+    yield server_end, client_end
+    server_end.close()
+    client_end.close()
+
+
+def test_request_of_a_client_that_left_is_dropped_before_decoding(client, fake_model, cat_jpeg, tiers, peer):
+    server_end, client_end = peer
+    client_end.close()  # the client gave up waiting
+    before = counter("zerolens_web_dropped_requests_total", stage="before_decode")
+    response = post_file(client, "/api/v1/predict", cat_jpeg, environ_base={"gunicorn.socket": server_end})
+    assert response.status_code == 499
+    assert fake_model.calls == []
+    assert counter("zerolens_web_dropped_requests_total", stage="before_decode") == before + 1
+
+
+def test_request_of_a_waiting_client_is_served(client, fake_model, cat_jpeg, tiers, peer) -> None:
+    server_end, _ = peer  # the client's end stays open: it waits for the answer
+    response = post_file(client, "/api/v1/predict", cat_jpeg, environ_base={"gunicorn.socket": server_end})
+    assert response.status_code == 200 and len(fake_model.calls) == 1
