@@ -29,6 +29,12 @@ class ImageLimits:
 
     max_upload_bytes: int = 20 * 1024 * 1024  # request body limit (HTTP 413 / TOO_LARGE above it)
     max_image_pixels: int = 50_000_000  # decompression-bomb guard: width × height of the encoded image
+    # Longest side: an image thin in one dimension (49,000,000 × 1) passes the area limit. 30,000 admits
+    # any phone panorama.
+    max_image_side: int = 30_000
+    # Memory one decode may take, estimated from the header before decoding (services/imaging.py has the
+    # table per format): PNGs and progressive JPEGs decode at full size, baseline JPEGs at up to 1/8.
+    max_decode_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ _CHOICES = {
 }
 _POSITIVE = {
     "max_upload_bytes", "max_image_pixels", "request_timeout_ms", "attempt_timeout_ms",
+    "max_image_side", "max_decode_bytes",
     "ready_timeout_ms", "heartbeat_ivl_ms", "top_k", "input_size", "inference_threads",
     "batch_inference_threads", "inference_workers", "max_batch_size", "max_queue_size",
     "max_in_flight_per_client", "workers",

@@ -126,3 +126,101 @@ def test_unsupported_mode_is_refused():
     data = encode(Image.new("F", (10, 10)), "TIFF")
     with pytest.raises(ImageError, match="TIFF"):
         imaging.open_image(data, LIMIT)
+
+
+def test_a_side_over_the_limit_is_refused_from_the_header():
+    thin = png_header_claiming(49_000_000, 1)  # 49 Mpx: passes the area limit
+    with pytest.raises(ImageError, match="49,000,000×1 pixels, a side over the 30,000 pixel limit"):
+        imaging.open_image(thin, LIMIT)
+    with pytest.raises(ImageError, match="a side over the 300 pixel limit"):
+        imaging.open_image(encode(halves(400, 300), "PNG"), LIMIT, max_side=300)
+    assert imaging.open_image(encode(halves(400, 300), "PNG"), LIMIT, max_side=400).size == (400, 300)
+
+
+def test_a_png_over_the_decode_budget_is_refused_before_decoding():
+    img = imaging.open_image(png_header_claiming(8000, 6000), LIMIT)  # within the area limit
+    with pytest.raises(ImageError) as info:
+        imaging.fit(img, 224, 0.875)
+    message = str(info.value)
+    assert "8,000×6,000 PNG would take about 191 MiB, over the 64 MiB limit per image" in message
+    assert "up to about 17 megapixels; send a JPEG" in message
+
+
+def test_progressive_jpeg_costs_full_size_coefficients_and_baseline_does_not():
+    photo = halves(3000, 2000)
+    budget = 16 * 1024 * 1024  # 6 Mpx: progressive needs 18 MB of coefficients, baseline ~1 MB at 1/8
+    baseline = imaging.load_rgb(encode(photo, "JPEG"), 224, 0.875, LIMIT, max_decode_bytes=budget)
+    assert baseline.size == (224, 224)
+    with pytest.raises(
+        ImageError, match=r"3,000×2,000 progressive or multi-scan JPEG would take about 2\d MiB"
+    ):
+        imaging.load_rgb(encode(photo, "JPEG", progressive=True), 224, 0.875, LIMIT, max_decode_bytes=budget)
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+@pytest.mark.parametrize(
+    ("first_scan_components", "progressive", "full"), [(3, False, False), (1, False, True), (3, True, True)]
+)
+def test_multi_scan_and_progressive_jpegs_are_known_from_the_header(first_scan_components, progressive, full):
+    sof = struct.pack(">BHHB", 8, 100, 100, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    sos = bytes([first_scan_components]) + b"\x01\x00" * first_scan_components + b"\x00\x3f\x00"
+    header = b"\xff\xd8" + _jpeg_segment(0xC2 if progressive else 0xC0, sof) + _jpeg_segment(0xDA, sos)
+    assert imaging._jpeg_full_coefficients(header) is full
+
+
+@pytest.mark.parametrize(
+    ("insert", "message"),
+    [
+        (_jpeg_segment(0xFE, b"") * 1_001, "more than 1,000 header segments"),
+        (b"\xff" * 5_000, "more than 4,096 bytes outside any segment"),
+        (_jpeg_segment(0xC3, b"\x08\x00\x10\x00\x10\x01\x01\x11\x00"), "lossless or hierarchical"),
+    ],
+    ids=["segments", "fill-bytes", "lossless"],
+)
+def test_malformed_jpeg_headers_are_refused_before_pillow_walks_them(insert, message):
+    jpeg = encode(halves(), "JPEG")
+    with pytest.raises(ImageError, match=message):
+        imaging.open_image(jpeg[:2] + insert + jpeg[2:], LIMIT)
+
+
+def test_a_few_fill_bytes_and_segments_are_tolerated():
+    jpeg = encode(halves(), "JPEG")
+    data = jpeg[:2] + _jpeg_segment(0xFE, b"hi") * 50 + b"\xff" * 100 + jpeg[2:]
+    assert imaging.load_rgb(data, 64, 1.0, LIMIT).size == (64, 64)
+
+
+def test_a_png_of_too_many_chunks_is_refused():
+    png = encode(halves(), "PNG")
+    empty = struct.pack(">I", 0) + b"abCd" + struct.pack(">I", zlib.crc32(b"abCd"))
+    with pytest.raises(ImageError, match="more than 40,000 chunks"):
+        imaging.open_image(png[:33] + empty * 40_001 + png[33:], LIMIT)
+
+
+def test_a_multi_picture_jpeg_is_a_jpeg_decoded_at_reduced_size():
+    buf = io.BytesIO()
+    halves(4000, 3000).save(buf, "MPO", save_all=True, append_images=[halves(400, 300)])
+    img = imaging.open_image(buf.getvalue(), LIMIT)
+    assert imaging.describe(img).format == "JPEG"
+    out = imaging.fit(img, 224, 0.875)
+    assert img.size == (500, 375) and out.size == (224, 224)  # drafted to 1/8
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "I;16", "RGB"])
+def test_strip_conversion_gives_the_pixels_of_converting_the_whole_image(mode):
+    gradient = Image.linear_gradient("L").resize((2400, 1800))
+    rgba = Image.merge(
+        "RGBA", [gradient, gradient.rotate(90), gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient]
+    )
+    img = (
+        rgba.convert(mode)
+        if mode != "I;16"
+        else gradient.convert("I").point(lambda v: v * 256).convert("I;16")
+    )
+    data = encode(img, "PNG")
+    whole = imaging._to_rgb(Image.open(io.BytesIO(data)))
+    box = imaging.centre_box(*whole.size, 0.875)
+    expected = whole.resize((224, 224), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    assert imaging.load_rgb(data, 224, 0.875, LIMIT).tobytes() == expected.tobytes()
