@@ -1,7 +1,8 @@
 """Real server processes for the integration tests and the benchmark: the model server and gunicorn.
 
 Each starts on free loopback ports (never 8000/5576/8081), is waited on through its readiness endpoint
-(no fixed sleeps), and is stopped by its owner.
+(no fixed sleeps), and is stopped by its owner. The pair talks CurveZMQ by default, with keys generated once
+into <tmp>/curve (curve_keys()), which every server started with the same tmp shares.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Proc:
     log_path: Path
     proc: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    curve_keys_dir: Path | None = None  # the CurveZMQ keys it uses; None with zmq_security=plaintext
 
     def start(self, timeout_s: float = 120) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
@@ -186,8 +188,32 @@ def ensure_model() -> Path:
     return MODEL_DIR
 
 
-def model_server(tmp: Path, runtime: str = "tflite", port: int | None = None, **settings: object) -> Proc:
-    """A model server process (not started yet) on free ports."""
+def curve_keys(tmp: Path) -> Path:
+    """<tmp>/curve, holding a server and a client key pair (generated on first use)."""
+    from services import keys
+
+    directory = tmp / "curve"
+    if not (directory / keys.SERVER_SECRET).exists():
+        keys.generate(directory)
+    return directory
+
+
+def _security_env(tmp: Path, zmq_security: str, keys_dir: Path | None) -> tuple[dict[str, str], Path | None]:
+    if zmq_security == "plaintext":
+        return {"ZEROLENS_ZMQ_SECURITY": "plaintext"}, None
+    keys_dir = keys_dir or curve_keys(tmp)
+    return {"ZEROLENS_ZMQ_SECURITY": zmq_security, "ZEROLENS_CURVE_KEYS_DIR": str(keys_dir)}, keys_dir
+
+
+def model_server(
+    tmp: Path,
+    runtime: str = "tflite",
+    port: int | None = None,
+    zmq_security: str = "curve",
+    curve_keys_dir: Path | None = None,
+    **settings: object,
+) -> Proc:
+    """A model server process (not started yet) on free ports; CurveZMQ with curve_keys(tmp) by default."""
     port = port or free_port()
     health = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLENS_")}
@@ -199,6 +225,8 @@ def model_server(tmp: Path, runtime: str = "tflite", port: int | None = None, **
         "ZEROLENS_MODEL_DIR": str(ensure_model()),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    security, keys_dir = _security_env(tmp, zmq_security, curve_keys_dir)
+    env |= security
     env |= {f"ZEROLENS_{k.upper()}": str(v) for k, v in settings.items()}
     return Proc(
         name=f"model server ({runtime})",
@@ -207,11 +235,21 @@ def model_server(tmp: Path, runtime: str = "tflite", port: int | None = None, **
         ready_url=f"http://127.0.0.1:{health}/readyz",
         log_path=tmp / f"model-{runtime}-{port}.log",
         ports={"zmq": port, "health": health},
+        curve_keys_dir=keys_dir,
     )
 
 
-def web_server(tmp: Path, model_port: int, **settings: object) -> Proc:
-    """A gunicorn web tier (not started yet) pointed at a model server on loopback."""
+def web_server(
+    tmp: Path,
+    model_port: int,
+    zmq_security: str = "curve",
+    curve_keys_dir: Path | None = None,
+    **settings: object,
+) -> Proc:
+    """A gunicorn web tier (not started yet) pointed at a model server on loopback.
+
+    CurveZMQ with the keys of a model_server() given the same tmp, unless curve_keys_dir says otherwise.
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLENS_")}
     env |= {
@@ -219,6 +257,8 @@ def web_server(tmp: Path, model_port: int, **settings: object) -> Proc:
         "ZEROLENS_MODEL_SERVER": f"127.0.0.1:{model_port}",
         "ZEROLENS_WEB_WORKERS": "2",
     }
+    security, keys_dir = _security_env(tmp, zmq_security, curve_keys_dir)
+    env |= security
     env |= {f"ZEROLENS_{k.upper()}": str(v) for k, v in settings.items()}
     return Proc(
         name="web",
@@ -227,4 +267,5 @@ def web_server(tmp: Path, model_port: int, **settings: object) -> Proc:
         ready_url=f"http://127.0.0.1:{port}/healthz",
         log_path=tmp / f"web-{port}.log",
         ports={"http": port},
+        curve_keys_dir=keys_dir,
     )

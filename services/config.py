@@ -38,7 +38,17 @@ class ImageLimits:
 
 
 @dataclass(frozen=True)
-class WebConfig(ImageLimits):
+class ZmqSecurity:
+    """The web → model ZeroMQ hop, shared by both tiers: CurveZMQ keys (services/keys.py) or plaintext."""
+
+    # curve: the model server admits only clients whose key is in curve_keys_dir, and the hop is encrypted.
+    # plaintext must be chosen explicitly: any peer that reaches the model port can then use it.
+    zmq_security: str = "curve"
+    curve_keys_dir: str = ""  # server.secret, client.secret, ... (`python -m services.keys DIR` writes them)
+
+
+@dataclass(frozen=True)
+class WebConfig(ImageLimits, ZmqSecurity):
     """The Flask/gunicorn web tier."""
 
     # Where the model servers are: "host:port" (a host name is resolved to ALL its addresses, e.g. a headless
@@ -62,7 +72,7 @@ class WebConfig(ImageLimits):
 
 
 @dataclass(frozen=True)
-class ModelConfig(ImageLimits):
+class ModelConfig(ImageLimits, ZmqSecurity):
     """The model server."""
 
     host: str = "0.0.0.0"  # frontend and health interfaces
@@ -110,6 +120,7 @@ class ModelConfig(ImageLimits):
 
 
 _CHOICES = {
+    "zmq_security": ("curve", "plaintext"),
     "model_runtime": ("tflite", "keras"),
     "preprocessing": ("raw", "tf", "torch", "caffe"),
     "pin_inference_threads": ("auto", "on", "off"),

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from services import config
+from services import config, keys
 from services.config import ModelConfig
 from services.model.health import HealthServer
 from services.model.metrics import ServerMetrics
@@ -23,6 +23,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         cfg = config.load(ModelConfig)
+        if cfg.zmq_security == "curve":
+            keys.load_server_keys(cfg.curve_keys_dir)  # missing keys: fail now, not after loading the model
     except config.ConfigError as exc:
         log.error("bad configuration: %s", exc)
         return 2

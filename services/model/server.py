@@ -12,7 +12,9 @@ import logging
 import threading
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
+from services import keys
 from services.config import ModelConfig
 from services.model.metrics import ServerMetrics
 from services.model.pipeline import Pipeline, Runtime
@@ -55,6 +57,8 @@ class ModelServer:
         self._bind_error: Exception | None = None
         self._proxy = threading.Thread(target=self._run_proxy, name="proxy", daemon=True)
         self._started = False
+        self._curve: keys.ServerKeys | None = None
+        self._auth: ThreadAuthenticator | None = None
 
     def _run_proxy(self) -> None:
         # Sockets are created in the thread that uses them (zguide chapter 2).
@@ -73,6 +77,8 @@ class ModelServer:
         # never block: a ROUTER drops those for a peer over its sndhwm (one that does not read).
         frontend.rcvhwm = self.cfg.max_in_flight_per_client
         frontend.ipv6 = ":" in self.cfg.host
+        if self._curve is not None:
+            keys.make_server(frontend, self._curve)  # before bind: the mechanism is fixed at bind
         try:
             backend.bind(BACKEND)  # bound before the workers connect
             frontend.bind(frontend_endpoint(self.cfg.host, self.cfg.port))
@@ -96,10 +102,25 @@ class ModelServer:
             backend.close()
 
     def start(self) -> ModelServer:
-        """Bind, then start the pipeline and the workers. :raise zmq.ZMQError: when the port is taken."""
+        """Bind, then start the pipeline and the workers.
+
+        :raise ConfigError: CurveZMQ keys missing or bad. :raise zmq.ZMQError: when the port is taken.
+        """
+        try:
+            self._curve = keys.server_keys(self.cfg)
+        except Exception:
+            self.context.term()
+            raise
+        if self._curve is not None:
+            # Started before the frontend binds, and stopped only after the workers: while no ZAP handler
+            # answers, libzmq admits every client that knows the server's public key (no allow-list).
+            self._auth = ThreadAuthenticator(self.context)
+            self._auth.start()
+            self._auth.configure_curve_callback("*", keys.AllowList(self._curve.clients))
         self._proxy.start()
         self._bound.wait()
         if self._bind_error is not None:
+            self._stop_authenticator()
             self.context.term()
             raise self._bind_error
         self.pipeline.start()
@@ -121,6 +142,11 @@ class ModelServer:
             self.cfg.max_batch_delay_ms,
         )
         return self
+
+    def _stop_authenticator(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def liveness(self) -> tuple[bool, str]:
         """Dead only when a thread that cannot come back has stopped: a restart is the fix."""
@@ -148,5 +174,8 @@ class ModelServer:
         for worker in self.workers:
             worker.join(timeout=5)
         self.pipeline.close()
+        # Before term(), which waits for the authenticator's sockets too. A peer admitted in the instant
+        # between the two finds no worker behind the proxy: nothing reaches the pipeline.
+        self._stop_authenticator()
         self.context.term()  # makes zmq.proxy raise ContextTerminated; returns once every socket is closed
         self._proxy.join(timeout=5)

@@ -6,11 +6,19 @@ import ctypes
 import glob
 import os
 import shutil
+import sys
 import tempfile
 
-from services.config import WebConfig, load
+from services import keys
+from services.config import ConfigError, WebConfig, load
 
-_cfg = load(WebConfig)  # fail at start on a bad ZEROLENS_* setting, before any worker forks
+# Fail at start on a bad ZEROLENS_* setting or missing CurveZMQ keys, before any worker forks, in one line.
+# The keys are read here once; the workers inherit them.
+try:
+    _cfg = load(WebConfig)
+    keys.client_keys(_cfg)
+except ConfigError as exc:
+    sys.exit(f"bad configuration: {exc}")
 
 
 def _reuse_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 32 << 20) -> None:

@@ -21,7 +21,7 @@ import zmq
 from flask import Flask, current_app, g
 from zmq.utils.monitor import recv_monitor_message
 
-from services import protocol
+from services import keys, protocol
 from services.config import WebConfig
 from services.protocol import OP_CLASSIFY, OP_PING, Reply, Request, Status
 from services.web import discovery, metrics
@@ -141,7 +141,10 @@ class ModelClient:
     # --- socket lifecycle ---------------------------------------------------------------------------
 
     def _open(self) -> zmq.Socket:
+        curve = keys.client_keys(self.cfg)  # read once per process
         client = self._context.socket(zmq.DEALER)
+        if curve is not None:
+            keys.make_client(client, curve)  # the model server admits only keys on its allow-list
         # Never keep unsent requests once we give up: close() and context.term() must not block on them.
         client.linger = 0
         # Queue only for servers whose connection is complete: with the default, requests sent while a

@@ -235,7 +235,9 @@ class FakeRuntime:
 
 @pytest.fixture
 def server() -> Iterator[ModelServer]:
-    cfg = config.load(ModelConfig, overrides={"host": "127.0.0.1", "port": 0, "input_size": 2}, environ={})
+    # The protocol as an admitted peer speaks it: CurveZMQ, which keeps strangers out, is test_curve.py's.
+    settings = {"host": "127.0.0.1", "port": 0, "input_size": 2, "zmq_security": "plaintext"}
+    cfg = config.load(ModelConfig, overrides=settings, environ={})
     running = ModelServer(cfg, FakeRuntime(), ServerMetrics()).start()
     try:
         yield running

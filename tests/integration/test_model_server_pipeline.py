@@ -11,13 +11,14 @@ import socket
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 from PIL import Image
 
-from services import config, protocol
+from services import config, keys, protocol
 from services.config import ModelConfig
 from services.model.health import HealthServer
 from services.model.metrics import ServerMetrics
@@ -57,11 +58,19 @@ def fake_runtime() -> FakeRuntime:
 
 
 @pytest.fixture
-def make_server(fake_runtime):
+def curve_dir(tmp_path) -> Path:
+    """CurveZMQ keys for the servers of a test and for its clients (the ctx fixture's sockets)."""
+    keys.generate(tmp_path / "curve")
+    return tmp_path / "curve"
+
+
+@pytest.fixture
+def make_server(fake_runtime, curve_dir):
     servers: list[ModelServer] = []
 
     def start(**overrides) -> ModelServer:
-        args = {"host": "127.0.0.1", "port": 0, "max_batch_delay_ms": 5.0} | overrides
+        args = {"host": "127.0.0.1", "port": 0, "max_batch_delay_ms": 5.0, "curve_keys_dir": str(curve_dir)}
+        args |= overrides
         cfg = config.load(ModelConfig, overrides=args, environ={})
         server = ModelServer(cfg, fake_runtime, ServerMetrics()).start()
         servers.append(server)
@@ -97,8 +106,13 @@ class Client:
 
 
 @pytest.fixture
-def ctx():
+def ctx(curve_dir):
+    """A context whose sockets are CurveZMQ clients with the web tier's key (context-wide defaults)."""
     with zmq.Context() as context:
+        client = keys.load_client_keys(curve_dir)
+        context.curve_serverkey = client.server
+        context.curve_publickey = client.public
+        context.curve_secretkey = client.secret
         yield context
 
 
@@ -211,10 +225,9 @@ def test_ping_answers_with_the_model_name(make_server, ctx):
     assert reply.status is Status.OK and reply.model == "fake"
 
 
-def test_drain_finishes_in_flight_work_and_refuses_new(ctx, fake_runtime):
-    cfg = config.load(
-        ModelConfig, overrides={"host": "127.0.0.1", "port": 0, "max_batch_size": 1}, environ={}
-    )
+def test_drain_finishes_in_flight_work_and_refuses_new(ctx, fake_runtime, curve_dir):
+    overrides = {"host": "127.0.0.1", "port": 0, "max_batch_size": 1, "curve_keys_dir": str(curve_dir)}
+    cfg = config.load(ModelConfig, overrides=overrides, environ={})
     server = ModelServer(cfg, fake_runtime, ServerMetrics()).start()
     fake_runtime.gate.clear()
     inflight = Client(ctx, server.port)

@@ -111,7 +111,9 @@ def make_client(context: zmq.Context) -> Iterator[Callable[..., ModelClient]]:
     clients: list[ModelClient] = []
 
     def make(resolver: Any = None, **settings: Any) -> ModelClient:
-        cfg = load(WebConfig, overrides={"heartbeat_ivl_ms": 200, **settings}, environ={})
+        # the stub is a plain ROUTER: CurveZMQ has tests of its own (tests/drills/test_curve.py)
+        overrides = {"heartbeat_ivl_ms": 200, "zmq_security": "plaintext", **settings}
+        cfg = load(WebConfig, overrides=overrides, environ={})
         client = ModelClient(cfg, context) if resolver is None else ModelClient(cfg, context, resolver)
         clients.append(client)
         return client
