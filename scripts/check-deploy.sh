@@ -94,6 +94,8 @@ step "rejects a CPU image on GPU" must_fail "Use the
   --set model.gpu.enabled=true --set model.runtime=keras --set model.image.tag=1.2.3-cpu
 step "rejects attempt > request timeout" must_fail "web.modelClient.attemptTimeoutMs (20000) must not exceed" \
   --set web.modelClient.attemptTimeoutMs=20000
+step "rejects a web CurveZMQ Secret alone" must_fail "curve.webExistingSecret (web-keys) needs curve.existingSecret" \
+  --set curve.webExistingSecret=web-keys
 step "schema: unknown runtime" must_fail 'model.runtime: model.runtime must be one of the following: "tflite", "keras"' \
   --set model.runtime=tf
 step "schema: misspelt key" must_fail "Additional property maxBatchSze is not allowed" \

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from services import config
+from services import config, keys
 from services.web import discovery
 from tests.deploy.conftest import (
     CHART,
@@ -301,3 +301,74 @@ def test_model_pods_take_zmq_only_from_web_pods() -> None:
     assert peer["podSelector"]["matchLabels"].items() <= web_labels.items()
     assert metrics_rule == {"from": [{"podSelector": {}}], "ports": [{"port": "metrics", "protocol": "TCP"}]}
     assert not any(d["kind"] == "NetworkPolicy" for d in render(values="minimal.yaml"))
+
+
+def curve_mounts(docs: list[dict], name: str) -> tuple[str | None, dict | None]:
+    """(secretName of the Deployment's `curve` volume, its `curve` volume mount); None when absent."""
+    spec = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+    volume = next((v for v in spec["volumes"] if v["name"] == "curve"), None)
+    mount = next((m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "curve"), None)
+    return (volume["secret"]["secretName"] if volume else None), mount
+
+
+def test_generated_curve_keys_are_mounted_read_only_and_both_tiers_agree(tmp_path: Path) -> None:
+    docs = render()
+    secret = find(docs, "Secret", "zerolens-curve")
+    assert set(secret["data"]) == {"server.secret", "client.secret"}
+    for name, value in secret["data"].items():
+        key = base64.b64decode(value)
+        assert re.fullmatch(rb"[A-Za-z0-9]{40}", key), name  # randAlphaNum 40: a valid Z85 secret key
+        (tmp_path / name).write_bytes(key)
+    for name, key in ((WEB, "web.yaml"), (MODEL, "model.yaml")):
+        settings = settings_file(docs, name, key)
+        secret_name, mount = curve_mounts(docs, name)
+        assert settings["zmq_security"] == "curve" and secret_name == "zerolens-curve"
+        assert mount == {"name": "curve", "mountPath": settings["curve_keys_dir"], "readOnly": True}
+    server, client = keys.load_server_keys(tmp_path), keys.load_client_keys(tmp_path)
+    assert client.server == server.public and server.clients == {client.public}
+
+
+def test_curve_checksum_rolls_both_tiers_with_the_generated_keys() -> None:
+    def annotation(docs: list[dict], name: str) -> str:
+        return find(docs, "Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/curve"]
+
+    docs = render()
+    assert annotation(docs, WEB) == annotation(docs, MODEL)  # the Secret's keys, once per render
+    # Without a cluster (helm template) lookup finds no Secret to keep: every render has new keys.
+    again = render("--set", "web.replicaCount=2")
+    assert annotation(again, MODEL) != annotation(docs, MODEL)
+    assert checksums() == checksums("--set", "web.replicaCount=2")  # the settings' checksum stays put
+
+
+def test_existing_curve_secrets_are_mounted_and_their_checksum_is_deterministic() -> None:
+    args = ("--set", "curve.existingSecret=model-keys", "--set", "curve.webExistingSecret=web-keys")
+    docs = render(*args)
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert curve_mounts(docs, MODEL)[0] == "model-keys" and curve_mounts(docs, WEB)[0] == "web-keys"
+    same = render(*args, "--set", "web.replicaCount=2")
+    for name in (WEB, MODEL):
+        metadata = find(docs, "Deployment", name)["spec"]["template"]["metadata"]
+        assert (
+            metadata["annotations"]["checksum/curve"]
+            == (
+                find(same, "Deployment", name)["spec"]["template"]["metadata"]["annotations"][
+                    "checksum/curve"
+                ]
+            )
+        )
+
+
+def test_curve_off_is_plaintext_in_both_tiers_and_mounts_no_keys() -> None:
+    docs = render("--set", "curve.enabled=false")
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    for name, key in ((WEB, "web.yaml"), (MODEL, "model.yaml")):
+        assert settings_file(docs, name, key)["zmq_security"] == "plaintext"
+        assert curve_mounts(docs, name) == (None, None)
+        metadata = find(docs, "Deployment", name)["spec"]["template"]["metadata"]
+        assert "checksum/curve" not in metadata["annotations"]
+
+
+def test_a_web_secret_of_its_own_needs_the_model_secret_too() -> None:
+    message = helm_template_error("--set", "curve.webExistingSecret=web-keys")
+    assert "curve.webExistingSecret (web-keys) needs curve.existingSecret" in message
+    assert "--set curve.existingSecret=" in message

@@ -133,3 +133,57 @@ tier with its JSON 413 and a message, not by nginx with an HTML page. nginx's ow
 {{- $mib := 1048576 }}
 {{- printf "%dm" (add1 (div (add (int64 .Values.limits.maxUploadBytes) (sub $mib 1)) $mib)) }}
 {{- end }}
+
+{{/*
+CurveZMQ keys (curve.*). Both tiers mount one Secret read-only at the same path, given to them as curve_keys_dir;
+the web pods may mount a Secret of their own (curve.webExistingSecret). services/keys.py reads it: server.secret
+(the model server's key), client.secret (the web tier's), every client*.secret and client*.public (admitted).
+*/}}
+{{- define "zerolens.curve.mountPath" -}}
+/etc/zerolens-curve
+{{- end }}
+
+{{- define "zerolens.curve.secretName" -}}
+{{- .Values.curve.existingSecret | default (printf "%s-curve" (include "zerolens.fullname" .) | trunc 63 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "zerolens.curve.webSecretName" -}}
+{{- .Values.curve.webExistingSecret | default (include "zerolens.curve.secretName" .) }}
+{{- end }}
+
+{{/*
+The data of the generated Secret: on `helm upgrade`, the release's existing Secret's (keys never change under
+running pods, and keys added to it by hand, e.g. a client-next.secret during a rotation, stay); on install, two
+new secret keys. Helm cannot compute X25519 public keys, but any 40 alphanumeric characters are a valid Z85 secret
+key (~238 bits), so the chart writes secret keys only and both tiers derive the public keys. Memoised in
+.Values.curve for the rest of this render: randAlphaNum gives new keys on every call, and the Secret and the
+pods' checksum must see the same ones. Where lookup sees no cluster (helm template, --dry-run), the keys are new
+each time.
+*/}}
+{{- define "zerolens.curve.data" -}}
+{{- if not (hasKey .Values.curve "_data") }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "zerolens.curve.secretName" .) }}
+{{- $found := dig "data" dict ($existing | default dict) }}
+{{- $data := dict "server.secret" (randAlphaNum 40 | b64enc) "client.secret" (randAlphaNum 40 | b64enc) }}
+{{- if and (hasKey $found "server.secret") (hasKey $found "client.secret") }}
+{{- $data = $found }}
+{{- end }}
+{{- $_ := set .Values.curve "_data" $data }}
+{{- end }}
+{{- toYaml (index .Values.curve "_data") }}
+{{- end }}
+
+{{/*
+checksum/curve: rolls a tier's pods when its keys change (the processes read them at start). Usage: include
+"zerolens.curve.checksum" (dict "context" $ "secret" <name>). A Secret of the user's is looked up (empty where
+there is no cluster, so that helm template stays deterministic); the generated one hashes its memoised data.
+*/}}
+{{- define "zerolens.curve.checksum" -}}
+{{- $ctx := .context }}
+{{- if $ctx.Values.curve.existingSecret }}
+{{- $existing := lookup "v1" "Secret" $ctx.Release.Namespace .secret | default dict }}
+{{- printf "%s:%s" .secret (dig "data" dict $existing | toJson) | sha256sum }}
+{{- else }}
+{{- include "zerolens.curve.data" $ctx | sha256sum }}
+{{- end }}
+{{- end }}

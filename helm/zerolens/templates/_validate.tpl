@@ -12,6 +12,7 @@ them fails on a bad combination (helm lint does not render it).
 {{- $messages = append $messages (include "zerolens.validateValues.attemptTimeout" .) -}}
 {{- $messages = append $messages (include "zerolens.validateValues.autoscalingRange" .) -}}
 {{- $messages = append $messages (include "zerolens.validateValues.batchDelay" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.curveWebSecret" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -64,5 +65,16 @@ zerolens: model.batching.maxBatchDelayMs
     model.batching.maxBatchDelayMs ({{ .Values.model.batching.maxBatchDelayMs }}) must be shorter than
     web.modelClient.attemptTimeoutMs ({{ .Values.web.modelClient.attemptTimeoutMs }}), or every try times out
     waiting for a batch to fill. Use: --set model.batching.maxBatchDelayMs=2
+{{- end -}}
+{{- end -}}
+
+{{/* The model pods mount curve.existingSecret or the generated keys; a web Secret of its own cannot match the
+latter (the chart's keys exist only in its own Secret). */}}
+{{- define "zerolens.validateValues.curveWebSecret" -}}
+{{- if and .Values.curve.enabled .Values.curve.webExistingSecret (not .Values.curve.existingSecret) -}}
+zerolens: curve.webExistingSecret
+    curve.webExistingSecret ({{ .Values.curve.webExistingSecret }}) needs curve.existingSecret: the web tier's
+    keys must match the model servers', and the chart generates those only into its own Secret. Use:
+    --set curve.existingSecret=<Secret with server.secret and the client keys>
 {{- end -}}
 {{- end -}}
