@@ -2,23 +2,95 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from flask import Flask, Request
+from flask import Flask, Request, Response, request
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser, MultiPartParser
 
 from services.config import ConfigError, WebConfig, load
 from services.web import discovery
 
+# After an error, what is left of the request body is read and dropped, up to these bounds, before the
+# connection is closed or reused (discard_body).
+DISCARD_MAX_BYTES = 64 << 20
+DISCARD_MAX_S = 5.0
+
+
+class TooManyParts(RequestEntityTooLarge):
+    """A multipart form with more parts than MAX_FORM_PARTS."""
+
+
+class FormFieldTooLarge(RequestEntityTooLarge):
+    """A multipart text field, or a part's headers, over MAX_FORM_MEMORY_SIZE."""
+
+
+class _MultiPartParser(MultiPartParser):
+    """Werkzeug's multipart parser, counting the parts itself so that each limit has its own 413.
+
+    Werkzeug raises the same bare RequestEntityTooLarge for too many parts and for a field over
+    max_form_memory_size, so a user would only read "too large" for a small form with many parts.
+    """
+
+    def __init__(self, *args: Any, max_form_parts: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, max_form_parts=None, **kwargs)  # counted by _count_part instead
+        self.max_parts = max_form_parts
+        self.parts = 0
+
+    def parse(self, stream: IO[bytes], boundary: bytes, content_length: int | None) -> tuple[Any, Any]:
+        self.parts = 0
+        try:
+            return super().parse(stream, boundary, content_length)
+        except TooManyParts:
+            raise
+        except RequestEntityTooLarge:  # the only limit werkzeug still checks: max_form_memory_size
+            raise FormFieldTooLarge() from None
+
+    def _count_part(self) -> None:
+        self.parts += 1
+        if self.max_parts is not None and self.parts > self.max_parts:
+            raise TooManyParts()
+
+    def start_file_streaming(self, event: Any, total_content_length: int | None) -> IO[bytes]:
+        self._count_part()  # a file part, as it starts
+        return super().start_file_streaming(event, total_content_length)
+
+    def get_part_charset(self, headers: Headers) -> str:
+        self._count_part()  # a text field, once its value (at most max_form_memory_size) is complete
+        return super().get_part_charset(headers)
+
+
+class _FormDataParser(FormDataParser):
+    def _parse_multipart(
+        self, stream: IO[bytes], mimetype: str, content_length: int | None, options: dict[str, str]
+    ) -> tuple[IO[bytes], Any, Any]:
+        boundary = options.get("boundary", "").encode("ascii")
+        if not boundary:
+            raise ValueError("Missing boundary")  # as werkzeug: an empty form
+        parser = _MultiPartParser(
+            stream_factory=self.stream_factory,
+            max_form_memory_size=self.max_form_memory_size,
+            max_form_parts=self.max_form_parts,
+            cls=self.cls,
+        )
+        form, files = parser.parse(stream, boundary, content_length)
+        return stream, form, files
+
 
 class InMemoryRequest(Request):
-    """A request whose multipart file parts stay in memory.
+    """A request whose body is read into memory, whole and within MAX_CONTENT_LENGTH, before it is used.
 
     Werkzeug spools file parts over 500 KB to a temporary file; zerolens never writes uploads to disk
     (a read-only root filesystem, nothing to clean up, no photo left behind). Memory stays bounded because
-    MAX_CONTENT_LENGTH caps the whole body before it is parsed.
+    MAX_CONTENT_LENGTH caps the whole body, with or without a Content-Length, before it is parsed.
     """
+
+    form_data_parser_class = _FormDataParser
 
     def get_data(self, cache: bool = True, as_text: bool = False, parse_form_data: bool = False) -> Any:
         self._read_body()
@@ -29,19 +101,39 @@ class InMemoryRequest(Request):
         return super()._get_stream_for_parsing()
 
     def _read_body(self) -> None:
-        """Read a body of known length in one call and keep it; the parsers then work from memory.
+        """Read the body in one call and keep it; the parsers then work from memory. 413 when too large.
 
         Werkzeug reads 8 KiB (raw body) or 64 KiB (multipart) at a time, and each small read makes
         gunicorn copy all it has read ahead: quadratic in the body size (a 1.6 MB raw body: ~0.7 core-ms).
         """
+        if getattr(self, "_cached_data", None) is not None:
+            return
         length = self.content_length
-        if getattr(self, "_cached_data", None) is not None or not length:
-            return  # already read, empty, or chunked (werkzeug's streaming path)
+        if length is None:
+            self._read_unsized_body()
+            return
         stream, parts = self.stream, []  # `stream` refuses a body over MAX_CONTENT_LENGTH (413)
         while length > 0 and (part := stream.read(length)):
             parts.append(part)
             length -= len(part)
         self._cached_data = parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_unsized_body(self) -> None:
+        """Read a chunked body: one byte past MAX_CONTENT_LENGTH means 413.
+
+        Werkzeug's own stream stops such a body at the limit without an error, so the first
+        MAX_CONTENT_LENGTH bytes of a bigger upload would be classified as if they were all of it.
+        """
+        if "wsgi.input_terminated" not in self.environ:
+            return  # the server does not end the stream itself: werkzeug's path (an empty body)
+        limit = self.max_content_length
+        try:
+            data = self.environ["wsgi.input"].read(-1 if limit is None else limit + 1)
+        except Exception as exc:  # gunicorn's own errors: a malformed chunk, a body cut short
+            raise BadRequest("the chunked request body is malformed or was cut short") from exc
+        if limit is not None and len(data) > limit:
+            raise RequestEntityTooLarge()
+        self._cached_data = data
 
     def _get_file_stream(
         self,
@@ -86,7 +178,44 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from services.web import errors, metrics, model_client, views
 
     app.register_blueprint(views.bp)
+    app.after_request(_discard_unread_body)
     errors.register_error_handlers(app)
     model_client.init_app(app)
     metrics.init_app(app)
     return app
+
+
+def _discard_unread_body(response: Response) -> Response:
+    """After an error response has been sent, drop what the client still sends of its body."""
+    if response.status_code >= 400:
+        response.call_on_close(lambda environ=request.environ: discard_body(environ))
+    return response
+
+
+def discard_body(environ: dict[str, Any]) -> int:
+    """Read and drop the rest of the request body, within DISCARD_MAX_BYTES and DISCARD_MAX_S; bytes dropped.
+
+    A client that sends its whole body before it reads the answer (Python's urllib, many SDKs) gets a
+    broken pipe or a reset instead of the 413 when the server closes with body bytes unread: the kernel
+    answers them with RST. gunicorn itself drops at most 64 KiB. Runs after the response was sent, so the
+    answer is not delayed; a body that cannot fit the bound is not read at all (its client gets the reset
+    anyway). Only under gunicorn, whose socket gives the reads a deadline.
+    """
+    sock, stream = environ.get("gunicorn.socket"), environ.get("wsgi.input")
+    length = environ.get("CONTENT_LENGTH", "")
+    if sock is None or stream is None or (length.isdigit() and int(length) > DISCARD_MAX_BYTES):
+        return 0
+    deadline, dropped = time.monotonic() + DISCARD_MAX_S, 0
+    previous = sock.gettimeout()
+    try:
+        with contextlib.suppress(Exception):  # a timeout, a reset, a malformed chunk: gunicorn then closes
+            while dropped < DISCARD_MAX_BYTES and (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                data = stream.read(min(256 << 10, DISCARD_MAX_BYTES - dropped))
+                if not data:
+                    break
+                dropped += len(data)
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(previous)
+    return dropped

@@ -3,7 +3,9 @@
 Data flow and where each failure is decided:
 
     upload bytes ──► web checks (imaging.open_image) ──► model server ──► Reply.status
-    web:    empty or missing 400, body over the limit 413, not JPEG/PNG 415, bad header or bomb 400
+    http:   request line too long 414, too many or too long headers 431 (gunicorn, plain text)
+    web:    empty or missing 400, not JPEG/PNG 415, bad header or bomb 400, and 413 naming the limit:
+            the body (with or without Content-Length), the number of form parts, a form field's size
     server: BAD_IMAGE 400, BAD_REQUEST 502, TOO_LARGE 413, OVERLOADED 503 + Retry-After,
             DEADLINE_EXCEEDED 504, INTERNAL 502
     client: no answer after the retries 503 + Retry-After, overall deadline passed 504
@@ -26,11 +28,13 @@ from werkzeug.exceptions import (
 
 from services.imaging import ImageError
 from services.protocol import Reply, Status
+from services.web import FormFieldTooLarge, TooManyParts
 from services.web.model_client import ModelTimeout, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 _BUSY = "the model servers are busy; please try again in a moment"
+_HOW = "send the photo alone in the field 'image', with top_k as a query parameter or a short field"
 _MESSAGES = {  # what a user reads for each non-OK reply; the server's detail is appended where it helps
     Status.BAD_IMAGE: (BadRequest, "the image could not be decoded"),
     # The web tier built the request, so a refusal means the tiers disagree (e.g. protocol versions).
@@ -83,7 +87,13 @@ def _human_bytes(size: int) -> str:
 
 def _describe(e: HTTPException) -> str:
     if isinstance(e, RequestEntityTooLarge) and e.description == RequestEntityTooLarge.description:
-        return f"the upload is larger than the {_human_bytes(current_app.config['MAX_CONTENT_LENGTH'])} limit"
+        config = current_app.config  # each 413 names the limit that was hit
+        if isinstance(e, TooManyParts):
+            return f"the form has more than {config['MAX_FORM_PARTS']} parts: {_HOW}"
+        if isinstance(e, FormFieldTooLarge):
+            limit = _human_bytes(config["MAX_FORM_MEMORY_SIZE"])
+            return f"a form field or a part's headers are larger than the {limit} limit: {_HOW}"
+        return f"the upload is larger than the {_human_bytes(config['MAX_CONTENT_LENGTH'])} limit"
     return e.description or e.name
 
 

@@ -60,6 +60,14 @@ timeout = max(30, int(_request_timeout_s) + 10)
 graceful_timeout = max(30, int(_request_timeout_s) + 5)
 keepalive = 5  # behind a load balancer, keep connections a little; its idle timeout should be longer
 
+# The request head: a longer request line is answered 414, more or longer header fields 431 (gunicorn's
+# plain-text answers). gunicorn's defaults, stated here because they bound the head a connection may hold
+# in memory (line + fields × field size, ~0.8 MB; front.py reads up to that) and 0 would mean no limit.
+# Our URLs are short; 8 KB per field leaves room for cookies of other apps on the domain and proxy headers.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+
 # Trust X-Forwarded-* (scheme, client address) only from these proxies; "*" only when nothing else can
 # reach the pod directly (e.g. behind an ingress controller in the same cluster with a NetworkPolicy).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
