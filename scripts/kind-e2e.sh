@@ -79,6 +79,27 @@ for _ in $(seq 60); do  # the forward takes a moment; /readyz also waits for a m
 done
 ZEROLENS_E2E_URL=$url "$PYTHON" -m pytest tests/e2e -v -p no:cacheprovider
 
+echo "--- NetworkPolicy: only the release's web pods reach the model's ZeroMQ port"
+# kind ≥ 0.24 enforces NetworkPolicy (kindnetd). A probe pod tries a TCP connection to a model pod's port 5576;
+# it must succeed with the web pods' labels and fail without them.
+probe() {  # probe NAME LABELS: prints the probe pod's final phase (Succeeded: it connected)
+  kubectl -n "$NAMESPACE" run "$1" --image="$MODEL_IMAGE" --restart=Never --labels="$2" --command -- \
+    python -c "import socket; socket.create_connection(('$RELEASE-model', 5576), timeout=10)" >/dev/null
+  local phase=
+  for _ in $(seq 90); do
+    phase=$(kubectl -n "$NAMESPACE" get pod "$1" -o jsonpath='{.status.phase}')
+    [[ $phase == Succeeded || $phase == Failed ]] && break
+    sleep 1
+  done
+  kubectl -n "$NAMESPACE" delete pod "$1" --wait=false >/dev/null
+  echo "$phase"
+}
+web_labels="app.kubernetes.io/name=zerolens,app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=web"
+allowed=$(probe np-web "$web_labels")
+denied=$(probe np-other "app.kubernetes.io/name=np-probe")
+echo "web-labelled probe: $allowed; unlabelled probe: $denied"
+[[ $allowed == Succeeded && $denied == Failed ]] || { echo "NetworkPolicy not as expected" >&2; exit 1; }
+
 echo "--- helm test"
 helm test "$RELEASE" --namespace "$NAMESPACE" --logs --timeout 5m
 echo "kind-e2e passed"

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from services.protocol import MAX_DEADLINE_AHEAD_MS
+
 ENV_PREFIX = "ZEROLENS_"
 CONFIG_FILE_ENV = "ZEROLENS_CONFIG"
 
@@ -111,6 +113,9 @@ class ModelConfig(ImageLimits, ZmqSecurity):
     workers: int = 2  # inproc workers behind the proxy (socket I/O only; cheap)
     decode_threads: int = 2  # JPEG/PNG decode + resize, in parallel with inference
     drain_timeout_s: float = 25.0  # SIGTERM: time to finish in-flight work before exiting
+    # An inference call running longer than this makes /readyz fail (traffic goes to other pods); six times
+    # longer it is taken as hung: /livez fails and the process exits, so the orchestrator restarts it.
+    inference_timeout_s: float = 5.0
 
     def batch_sizes(self) -> list[int]:
         """allowed_batch_sizes as a sorted list that always ends at max_batch_size."""
@@ -132,6 +137,7 @@ _POSITIVE = {
     "batch_inference_threads", "inference_workers", "max_batch_size", "max_queue_size",
     "max_in_flight_per_client", "workers",
     "decode_threads", "resolve_interval_s", "client_header_timeout_s", "client_body_timeout_s",
+    "inference_timeout_s",
 }  # fmt: skip
 
 C = TypeVar("C", WebConfig, ModelConfig)
@@ -197,6 +203,9 @@ def _validate(cfg: WebConfig | ModelConfig) -> None:
             ) from None
     if isinstance(cfg, WebConfig) and cfg.attempt_timeout_ms > cfg.request_timeout_ms:
         raise ConfigError("attempt_timeout_ms must not exceed request_timeout_ms")
+    if isinstance(cfg, WebConfig) and cfg.request_timeout_ms > MAX_DEADLINE_AHEAD_MS:
+        # the model server refuses a deadline further ahead than this (BAD_REQUEST)
+        raise ConfigError(f"request_timeout_ms = {cfg.request_timeout_ms}: at most {MAX_DEADLINE_AHEAD_MS}")
 
 
 def load(

@@ -75,8 +75,9 @@ def main() -> int:
 
     status = 0
     while not stop.wait(0.5):
-        if not server.liveness()[0]:
-            log.error("a core thread died; exiting so the orchestrator restarts us")
+        alive, reason = server.liveness()
+        if not alive:
+            log.error("%s; exiting so the orchestrator restarts us", reason)
             status = 1
             break
     log.info("stopping: draining for up to %.0f s", cfg.drain_timeout_s)

@@ -88,6 +88,7 @@ class Batcher(Generic[In, Out]):
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._running_since: dict[int, float] = {}  # thread id → when its predict_batch call began
         self._threads = [
             threading.Thread(target=self._run, name=f"batcher-{i}", daemon=True) for i in range(threads)
         ]
@@ -102,6 +103,11 @@ class Batcher(Generic[In, Out]):
 
     def qsize(self) -> int:
         return len(self._queue)
+
+    def longest_call_s(self) -> float:
+        """How long the oldest predict_batch call still running has been running (0 when none runs)."""
+        started = list(self._running_since.values())  # a copy: the batcher threads change the dict
+        return time.monotonic() - min(started) if started else 0.0
 
     def submit(self, value: In, deadline: float | None = None) -> Future[BatchResult[Out]]:
         """Queue one item; the future resolves to a BatchResult or fails.
@@ -163,6 +169,8 @@ class Batcher(Generic[In, Out]):
                 live.append(item)
         if not live:
             return
+        me = threading.get_ident()
+        self._running_since[me] = start  # watched: a call that never returns is a hung runtime
         try:
             outputs = self._predict_batch([item.value for item in live])
             if len(outputs) != len(live):
@@ -172,6 +180,8 @@ class Batcher(Generic[In, Out]):
             for item in live:
                 item.future.set_exception(exc)
             return
+        finally:
+            del self._running_since[me]
         inference_s = time.monotonic() - start
         queue_times = [start - item.enqueued for item in live]
         for item, output, queue_s in zip(live, outputs, queue_times, strict=True):

@@ -171,8 +171,14 @@ class Pipeline:
         start = time.monotonic()
         if start >= deadline:
             raise DeadlineExceeded("deadline passed while waiting for a decoder")
+        cfg = self._cfg
         image = decode_image(
-            request.image, self._cfg.input_size, self._cfg.crop_fraction, self._cfg.max_image_pixels
+            request.image,
+            cfg.input_size,
+            cfg.crop_fraction,
+            cfg.max_image_pixels,
+            cfg.max_image_side,
+            cfg.max_decode_bytes,
         )
         return image, start, time.monotonic() - start
 

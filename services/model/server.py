@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 BACKEND = "inproc://zerolens-backend"
 HEARTBEAT_IVL_MS = 1000  # ZMTP pings to clients: a vanished web pod's queues are freed after ~3 s
+# An inference call running longer than inference_timeout_s makes the server unready; this many times longer,
+# it is taken as hung for good (a call into the runtime cannot be interrupted) and liveness fails: restart.
+HUNG_AFTER_TIMEOUTS = 6
 MESSAGE_MARGIN_BYTES = 64 * 1024  # header and envelope on top of the largest allowed image
 
 
@@ -149,9 +152,12 @@ class ModelServer:
             self._auth = None
 
     def liveness(self) -> tuple[bool, str]:
-        """Dead only when a thread that cannot come back has stopped: a restart is the fix."""
+        """Dead only when something that cannot come back has stopped or hung: a restart is the fix."""
         if self._started and not (self._proxy.is_alive() and self.pipeline.batcher.is_alive()):
             return False, "proxy or batcher thread stopped"
+        running_s = self.pipeline.batcher.longest_call_s()
+        if running_s > HUNG_AFTER_TIMEOUTS * self.cfg.inference_timeout_s:
+            return False, f"an inference call has hung for {running_s:.0f} s"
         return True, "alive"
 
     def readiness(self) -> tuple[bool, str]:
@@ -161,6 +167,9 @@ class ModelServer:
             return False, "draining"
         if not all(w.is_alive() for w in self.workers):
             return False, "a worker thread stopped"
+        running_s = self.pipeline.batcher.longest_call_s()
+        if running_s > self.cfg.inference_timeout_s:  # send traffic elsewhere while it may still return
+            return False, f"an inference call has run for {running_s:.1f} s (inference_timeout_s)"
         return self.liveness()
 
     def stop(self, drain_timeout_s: float) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import re
 import selectors
 import socket
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from gunicorn.http.unreader import SocketUnreader, Unreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from services.config import WebConfig, load
@@ -131,6 +133,50 @@ def _scan_chunks(reading: Reading, max_body: int) -> str:
         reading.chunks += 1
 
 
+def _count_dropped(stage: str) -> None:
+    # imported here: gunicorn's master loads this module before prometheus-client may pick its mode
+    from services.web import metrics
+
+    metrics.record_dropped(stage)
+
+
+class BufferedUnreader(Unreader):
+    """gunicorn's parser reads the bytes the loop read first, then the socket, in the socket's portions.
+
+    Handing the parser the whole request at once (`unread`) makes its chunked-body reader copy the rest of
+    the buffer for every chunk: quadratic in the body. Portions as a socket gives them keep it linear.
+    """
+
+    def __init__(self, data: bytearray, source: Unreader) -> None:
+        super().__init__()
+        self._data = memoryview(data)
+        self._pos = 0
+        # a kept-alive connection gets a new one per request: wrap the socket's, never a wrapper
+        self.source: SocketUnreader = source.source if isinstance(source, BufferedUnreader) else source
+
+    def chunk(self, size_hint: int | None = None) -> bytes:
+        if self._pos >= len(self._data):
+            return self.source.chunk(size_hint)
+        size = self.source.mxchunk  # the same portions SocketUnreader asks the socket for
+        if size_hint and size_hint > size:
+            size = min(size_hint, SocketUnreader.max_body_chunk)
+        piece = bytes(self._data[self._pos : self._pos + size])
+        self._pos += len(piece)
+        return piece
+
+    def take_buffered(self) -> bytes:
+        self.spill()
+        return super().take_buffered()
+
+    def spill(self) -> None:
+        """Move what is left of the loop's bytes (a pipelined next request) behind gunicorn's own buffer,
+        where the worker looks for read-ahead after a request."""
+        if self._pos < len(self._data):
+            self.buf.seek(0, io.SEEK_END)
+            self.buf.write(self._data[self._pos :])
+            self._pos = len(self._data)
+
+
 class _RequestStart(threading.local):
     value: float | None = None
 
@@ -214,6 +260,8 @@ class BufferingThreadWorker(ThreadWorker):
         if not data:  # the client went away before sending a whole request
             self._forget(conn)
             self._close(conn)
+            if reading.buf:
+                _count_dropped("incomplete")
             return
         self._received(conn, reading, data)
 
@@ -251,6 +299,7 @@ class BufferingThreadWorker(ThreadWorker):
             if reading.buf:
                 with contextlib.suppress(OSError):  # non-blocking, best effort: the client is slow
                     conn.sock.send(_REQUEST_TIMEOUT)
+                _count_dropped("too_slow")
             self._close(conn)
 
     # --- serving in a thread ------------------------------------------------------------------------
@@ -261,12 +310,14 @@ class BufferingThreadWorker(ThreadWorker):
         if reading is not None:
             conn.sock.setblocking(True)
             conn.init()
-            conn.parser.unreader.unread(bytes(reading.buf))  # the parser reads these before the socket
+            conn.parser.unreader = BufferedUnreader(reading.buf, conn.parser.unreader)
             self._start.value = reading.first_byte_at
         try:
             return super().handle(conn)
         finally:
             self._start.value = None
+            if conn.parser is not None and isinstance(conn.parser.unreader, BufferedUnreader):
+                conn.parser.unreader.spill()
 
     # --- stopping -----------------------------------------------------------------------------------
 

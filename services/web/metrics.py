@@ -58,8 +58,9 @@ SHED = Counter(
 )
 DROPPED = Counter(
     "zerolens_web_dropped_requests",
-    "Requests not worked on because their client had closed the connection, by stage: "
-    "before_decode or before_send (to the model server)",
+    "Requests not worked on because their client left, by stage: incomplete (closed before the whole "
+    "request arrived), too_slow (408: not sent within the client timeouts), before_decode or before_send "
+    "(to the model server)",
     ["stage"],
 )
 

@@ -33,12 +33,13 @@ RECONNECT_IVL_MS = 100  # first reconnect after a server vanished: soon, a resta
 RECONNECT_IVL_MAX_MS = 1_000  # backoff cap: a SYN a second to a dead endpoint; a returning one waits ≤ 1 s
 SOCKET_HWM = 16  # one request in flight per socket; a deep queue would only hold stale work
 MAX_REPLY_BYTES = 1 << 20  # replies are a few KB; a bigger message is garbage and cuts the connection
-# While no server is connected a try waits at most CONNECT_WAIT_MS for one (a connect takes a few ms; a
-# restarting server a few seconds). Once a thread of this process has waited that long in vain, the tier is
-# down for the whole process and every try waits only FAST_FAIL_WAIT_MS (reconnects go on in the background):
-# one outage costs one discovery, then requests fail fast with 503 instead of holding every gunicorn thread,
-# which would starve /healthz too. The first send that goes through ends the outage.
-CONNECT_WAIT_MS = 1_000
+# While no server is connected a try waits at most CONNECT_WAIT_MS for one (a connect, handshakes included,
+# takes a few ms; longer means the tier is down, and a 503 should then come within half a second). Once a
+# thread of this process has waited that long in vain, the tier is down for the whole process and every try
+# waits only FAST_FAIL_WAIT_MS (reconnects go on in the background): one outage costs one discovery, then
+# requests fail fast with 503 instead of holding every gunicorn thread, which would starve /healthz too. The
+# first send that goes through ends the outage.
+CONNECT_WAIT_MS = 300
 FAST_FAIL_WAIT_MS = 50
 SPEC_RETRY_S = 1.0  # after a failed input-size ping, threads go without the size this long rather than ping
 # Admission: an OVERLOADED reply cuts the process's limit to this fraction of what was in flight (Netflix
@@ -304,8 +305,8 @@ class ModelClient:
                 log.warning(
                     "request %s: no model server connected at %s", rid, sorted(self._connected) or "-"
                 )
-                failure = "unreachable"
-                continue
+                # No retry: the socket reconnects in the background, and a try now would find it as it is.
+                break
             sent = True
             reply = self._receive(client, rid, attempt_end)
             if reply is None:

@@ -224,7 +224,7 @@ def _classify(data: bytes, top_k: int, deadline: float, ticket: Ticket) -> dict[
     start = time.perf_counter()
     cfg = _cfg()
     _check_client("before_decode")
-    img = imaging.open_image(data, cfg.max_image_pixels)  # ImageError → 400/415 before the network
+    img = imaging.open_image(data, cfg.max_image_pixels, cfg.max_image_side)  # ImageError → 400/415 here
     info = imaging.describe(img)
     client = get_client()
     request_id = _request_id()
@@ -232,7 +232,7 @@ def _classify(data: bytes, top_k: int, deadline: float, ticket: Ticket) -> dict[
     reply = None
     if spec is not None:
         size, crop_fraction = spec
-        pixels = imaging.fit(img, size, crop_fraction).tobytes()  # the image checked above, opened once
+        pixels = imaging.fit(img, size, crop_fraction, cfg.max_decode_bytes).tobytes()  # opened once, above
         _check_client("before_send")
         sent = time.perf_counter()
         reply = client.classify(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ class Outcome:
     start: float  # time.monotonic()
     end: float
     result: str  # the HTTP status ("200", "503" …), or "reset", "refused", "hung", "error: …"
+    label: str = ""  # a 200's best prediction
 
     @property
     def latency_s(self) -> float:
@@ -32,6 +34,7 @@ class Load:
     photo: bytes
     clients: int
     keepalive: bool = True
+    host: str = "127.0.0.1"
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -46,13 +49,15 @@ class Load:
         first = True
         while not self._stop.is_set():
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HUNG_S)
-            start = time.monotonic()
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=HUNG_S)
+            start, label = time.monotonic(), ""
             try:
                 conn.request("POST", "/api/v1/predict", body=self._body, headers={"Content-Type": self._type})
                 resp = conn.getresponse()
-                resp.read()
+                body = resp.read()
                 result = str(resp.status)
+                if resp.status == 200:
+                    label = json.loads(body)["predictions"][0]["label"]
                 if not self.keepalive or resp.will_close:
                     conn.close()
                     conn = None
@@ -69,7 +74,7 @@ class Load:
                     conn.close()
                 conn = None
             with self._lock:
-                self.outcomes.append(Outcome(start, time.monotonic(), result))
+                self.outcomes.append(Outcome(start, time.monotonic(), result, label))
             if first:
                 first = False
                 self.first_answers.wait()
@@ -128,3 +133,68 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+@dataclass
+class OpenLoad:
+    """Requests sent at a fixed rate whatever the answers (an open loop), over `clients` keep-alive threads.
+
+    The i-th request is due at start + i / rate; a thread takes the next one due. With enough threads the
+    rate holds even when answers are slow, which is what an overload looks like from outside.
+    """
+
+    port: int
+    photo: bytes
+    rate: float  # requests per second
+    duration_s: float
+    clients: int = 64
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def run(self) -> OpenLoad:
+        body, ctype = multipart(self.photo, "photo.jpg")
+        total = int(self.rate * self.duration_s)
+        start = time.monotonic() + 0.2
+        lock, taken = threading.Lock(), [0]
+
+        def client() -> None:
+            conn: http.client.HTTPConnection | None = None
+            while True:
+                with lock:
+                    i = taken[0]
+                    taken[0] += 1
+                if i >= total:
+                    break
+                due = start + i / self.rate
+                threading.Event().wait(max(0.0, due - time.monotonic()))  # the schedule, not a sync
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HUNG_S)
+                began = time.monotonic()
+                try:
+                    conn.request("POST", "/api/v1/predict", body=body, headers={"Content-Type": ctype})
+                    resp = conn.getresponse()
+                    resp.read()
+                    result = str(resp.status)
+                    if resp.will_close:
+                        conn.close()
+                        conn = None
+                except TimeoutError:
+                    result = "hung"
+                except OSError as exc:
+                    result = f"error: {type(exc).__name__}"
+                if (result == "hung" or result.startswith("error")) and conn is not None:
+                    conn.close()
+                    conn = None
+                with lock:
+                    self.outcomes.append(Outcome(began, time.monotonic(), result))
+            if conn is not None:
+                conn.close()
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.duration_s + HUNG_S + 10)
+        return self
+
+    def counts(self) -> Counter:
+        return Counter(o.result for o in self.outcomes)

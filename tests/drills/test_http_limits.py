@@ -304,11 +304,6 @@ def test_a_photo_is_classified_whole_with_or_without_chunking(stack, cat_jpeg, d
     assert pieces.status == 200 and json.loads(pieces.body)["predictions"], pieces.body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the buffering worker hands gunicorn's chunked parser the whole buffered body, which the parser "
-    "copies once per chunk: time grows with the square of the body",
-)
 def test_chunked_bodies_are_refused_in_linear_time(web, stack, cat_jpeg, drill_record):
     """30 MB in 64 KiB chunks at the default 20 MiB cap; 3 MB in 1 KiB chunks at the 2 MB cap."""
     photo = cat_jpeg.data

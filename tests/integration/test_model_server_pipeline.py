@@ -152,6 +152,17 @@ def test_bad_images_fail_alone(make_server, ctx):
     assert client.call(grey_jpeg(10)).status is Status.OK
 
 
+def test_the_image_limits_of_the_settings_apply(make_server, ctx):
+    by_side = make_server(max_image_side=100)
+    reply = Client(ctx, by_side.port).call(grey_jpeg(10, size=130))
+    assert reply.status is Status.BAD_IMAGE and "side" in reply.error
+    by_memory = make_server(max_decode_bytes=10_000)
+    png = io.BytesIO()
+    Image.new("RGB", (130, 130)).save(png, "PNG")
+    reply = Client(ctx, by_memory.port).call(png.getvalue())
+    assert reply.status is Status.BAD_IMAGE and "limit per image" in reply.error
+
+
 def test_over_byte_limit_is_too_large(make_server, ctx):
     server = make_server(max_upload_bytes=1000)
     assert Client(ctx, server.port).call(grey_jpeg(10)).status is Status.TOO_LARGE

@@ -208,3 +208,21 @@ def test_several_threads_run_batches_at_the_same_time():
     assert [f.result(timeout=5).output for f in futures] == [0, 1]
     assert peak[0] == 2
     b.stop()
+
+
+def test_the_longest_running_call_is_reported_while_it_runs():
+    model = Recorder()
+    b = make(model, max_batch_size=1, max_batch_delay_ms=0)
+    assert b.longest_call_s() == 0.0
+    model.gate.clear()
+    future = b.submit(1)
+    start = time.monotonic()
+    while b.longest_call_s() == 0.0:  # the batcher thread picks it up
+        assert time.monotonic() - start < 5
+    first = b.longest_call_s()
+    while b.longest_call_s() <= first:  # and it grows while the call runs
+        assert time.monotonic() - start < 5
+    model.gate.set()
+    assert future.result(timeout=5).output == 2
+    assert b.longest_call_s() == 0.0
+    b.stop()

@@ -66,3 +66,8 @@ def test_attempt_timeout_within_request_timeout():
 def test_missing_config_file_is_a_clear_error():
     with pytest.raises(ConfigError, match="cannot read config file /nope.yaml"):
         config.load(WebConfig, environ={"ZEROLENS_CONFIG": "/nope.yaml"})
+
+
+def test_request_timeout_stays_within_what_the_model_server_accepts() -> None:
+    with pytest.raises(ConfigError, match="request_timeout_ms"):
+        config.load(WebConfig, overrides={"request_timeout_ms": 10 * 60 * 1000}, environ={})

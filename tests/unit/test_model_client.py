@@ -255,16 +255,17 @@ def test_no_server_fails_within_budget(make_client, unused_tcp_port: int) -> Non
 
 
 def test_one_outage_is_discovered_once_per_process(stubs, make_client, unused_tcp_port: int) -> None:
-    settings = {"model_server": f"127.0.0.1:{unused_tcp_port}", "attempt_timeout_ms": 400, "retries": 1}
+    settings = {"model_server": f"127.0.0.1:{unused_tcp_port}", "attempt_timeout_ms": 2000, "retries": 1}
     first, second = make_client(**settings), make_client(**settings)  # two threads' clients, two sockets
+    wait_s = model_client.CONNECT_WAIT_MS / 1000
     start = time.monotonic()
     with pytest.raises(ModelUnavailable):
-        first.classify(b"img", top_k=1)  # waits one try (0.4 s) for a connection, then knows
-    assert 0.4 <= time.monotonic() - start < 0.8
+        first.classify(b"img", top_k=1)  # waits once for a connection, then knows (no retry: none would help)
+    assert wait_s <= time.monotonic() - start < wait_s + 0.4
     start = time.monotonic()
     with pytest.raises(ModelUnavailable):
         second.classify(b"img", top_k=1)  # its socket never failed, but the process knows the tier is down
-    assert time.monotonic() - start < 0.3  # two brief tries, no wait of its own
+    assert time.monotonic() - start < wait_s  # one brief try, no wait of its own
     stubs(unused_tcp_port)
     deadline = (
         time.monotonic() + 5
@@ -279,7 +280,10 @@ def test_one_outage_is_discovered_once_per_process(stubs, make_client, unused_tc
     assert second.tier is first.tier and first.tier.down_since is None
 
 
-def test_waiting_threads_stop_when_another_finds_the_tier_down(make_client, unused_tcp_port: int) -> None:
+def test_waiting_threads_stop_when_another_finds_the_tier_down(
+    make_client, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_client, "CONNECT_WAIT_MS", 5_000)  # alone, a thread would wait this long
     settings = {"model_server": f"127.0.0.1:{unused_tcp_port}", "retries": 0}
     waiting = make_client(**settings, attempt_timeout_ms=3000, request_timeout_ms=3000)
     finder = make_client(**settings, attempt_timeout_ms=200, request_timeout_ms=200)
@@ -288,7 +292,7 @@ def test_waiting_threads_stop_when_another_finds_the_tier_down(make_client, unus
     def wait_for_a_server() -> None:
         start = time.monotonic()
         with pytest.raises(ModelUnavailable):
-            waiting.classify(b"img", top_k=1)  # alone it would wait CONNECT_WAIT_MS = 1 s
+            waiting.classify(b"img", top_k=1)  # alone it would wait CONNECT_WAIT_MS
         outcome.append(time.monotonic() - start)
         waiting.close()  # in the thread that used the socket
 
@@ -297,7 +301,7 @@ def test_waiting_threads_stop_when_another_finds_the_tier_down(make_client, unus
     with pytest.raises(ModelUnavailable):
         finder.classify(b"img", top_k=1)  # gives up after 0.2 s and tells the process
     thread.join(5)
-    assert outcome and outcome[0] < 0.6
+    assert outcome and outcome[0] < 2.0
 
 
 def test_a_reply_gone_between_poll_and_recv_is_waited_for(make_client, unused_tcp_port: int) -> None:
@@ -410,7 +414,10 @@ def test_limit_grows_only_while_the_server_reports_room() -> None:
     assert gate.limit == 4.25
 
 
-def test_server_started_after_the_send_still_answers(stubs, make_client, unused_tcp_port: int) -> None:
+def test_server_started_after_the_send_still_answers(
+    stubs, make_client, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_client, "CONNECT_WAIT_MS", 2_000)  # wait for the server as long as the try
     client = make_client(model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=2000, retries=0)
     timer = threading.Timer(0.15, stubs, args=(unused_tcp_port,))
     timer.start()

@@ -121,7 +121,8 @@ def test_large_uploads_stay_in_memory(client, fake_model, monkeypatch: pytest.Mo
 def test_gunicorn_config_sets_up_multiprocess_metrics(clean_env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZEROLENS_ZMQ_SECURITY", "plaintext")  # the config file checks the CurveZMQ keys
     settings = runpy.run_path(str(REPO / "services/web/gunicorn.conf.py"))
-    assert settings["worker_class"] == "gthread" and settings["wsgi_app"] == "services.web:create_app()"
+    assert settings["worker_class"] == "services.web.front.BufferingThreadWorker"
+    assert settings["wsgi_app"] == "services.web:create_app()"
     assert settings["graceful_timeout"] * 1000 >= WebConfig().request_timeout_ms
     server = SimpleNamespace(log=SimpleNamespace(info=lambda *args: None))
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # restored after the test; the hook replaces it

@@ -109,6 +109,17 @@ def test_api_accepts_a_raw_image_body(client: FlaskClient, fake_model, photos, c
     assert fake_model.calls[0]["image"] == upload.data
 
 
+def test_the_image_limits_of_the_settings_apply(make_app, fake_model, photos) -> None:
+    fake_model.input = (224, 0.875)  # the web tier decodes
+    with make_app(max_image_side=400).test_client() as client:
+        response = post_file(client, "/api/v1/predict", photos["coffee.jpg"])  # 400×600
+        assert response.status_code == 400 and "side" in response.get_json()["error"]["message"]
+    with make_app(max_decode_bytes=100_000).test_client() as client:
+        response = post_file(client, "/api/v1/predict", photos["chelsea.png"])
+        assert response.status_code == 400 and "limit per image" in response.get_json()["error"]["message"]
+    assert fake_model.calls == []
+
+
 @pytest.mark.parametrize("name", ["china.jpg", "coffee.jpg"])
 def test_real_photos_pass_the_web_checks(client: FlaskClient, photos, name: str) -> None:
     assert post_file(client, "/api/v1/predict", photos[name]).status_code == 200

@@ -1,0 +1,54 @@
+"""F8: twice the capacity for 60 s: the capacity is still served, within the deadline, in flat memory."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench.servers import model_server, web_server
+from tests.drills.load import Load, OpenLoad, percentile
+
+pytestmark = pytest.mark.integration
+
+DURATION_S = 60.0
+DEADLINE_S = 10.0  # request_timeout_ms
+
+
+def _rss_mb(*procs) -> float:
+    return sum(sum(p.rss_mb().values()) for p in procs)
+
+
+def test_twice_the_capacity_for_a_minute(tmp_path, photos, spawn, drill_record):
+    model = spawn(model_server(tmp_path))
+    web = spawn(web_server(tmp_path, model.ports["zmq"]))
+    port, data = web.ports["http"], photos["coffee.jpg"].data
+    with Load(port, data, clients=16) as warm:  # capacity: closed loop at a concurrency that saturates
+        began = time.monotonic()
+        warm.wait_count(len(warm.outcomes) + 10_000, timeout_s=8)
+        ended = time.monotonic()
+    capacity = sum(o.result == "200" for o in warm.between(began, ended)) / (ended - began)
+    memory_before = _rss_mb(model, web)
+    load = OpenLoad(port, data, rate=2 * capacity, duration_s=DURATION_S).run()
+    memory_after = _rss_mb(model, web)
+    counts = load.counts()
+    ok = [o.latency_s for o in load.outcomes if o.result == "200"]
+    refused = [o.latency_s for o in load.outcomes if o.result == "503"]
+    goodput = len(ok) / DURATION_S
+    drill_record(
+        "F8",
+        f"twice the capacity (open loop) for {DURATION_S:g} s",
+        capacity_rps=round(capacity, 1),
+        offered_rps=round(2 * capacity, 1),
+        goodput_rps=round(goodput, 1),
+        goodput_ratio=round(goodput / capacity, 2),
+        statuses=", ".join(f"{r}×{n}" for r, n in sorted(counts.items())),
+        ok_p50_ms=round(percentile(ok, 50) * 1000),
+        ok_p99_ms=round(percentile(ok, 99) * 1000),
+        refused_p99_ms=round(percentile(refused, 99) * 1000),
+        memory_growth_mb=round(memory_after - memory_before, 1),
+    )
+    assert set(counts) <= {"200", "503"}, counts
+    assert goodput >= 0.9 * capacity
+    assert percentile(ok, 99) <= DEADLINE_S
+    assert memory_after - memory_before < 50
