@@ -71,6 +71,10 @@ class WebConfig(ImageLimits, ZmqSecurity):
     # its first byte's connection, and the body may pause at most client_body_timeout_s; else 408.
     client_header_timeout_s: float = 10.0
     client_body_timeout_s: float = 10.0
+    # A request that waited longer than this for a gunicorn thread (counted from its first byte, or from a
+    # proxy's X-Request-Start) is answered 503 at once. Under overload a FIFO queue makes every answer as late
+    # as the queue is long: this bounds that wait, and the uploads held meanwhile.
+    max_queue_wait_ms: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,7 @@ _POSITIVE = {
     "batch_inference_threads", "inference_workers", "max_batch_size", "max_queue_size",
     "max_in_flight_per_client", "workers",
     "decode_threads", "resolve_interval_s", "client_header_timeout_s", "client_body_timeout_s",
-    "inference_timeout_s",
+    "inference_timeout_s", "max_queue_wait_ms",
 }  # fmt: skip
 
 C = TypeVar("C", WebConfig, ModelConfig)

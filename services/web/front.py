@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import re
 import selectors
 import socket
@@ -140,6 +141,30 @@ def _count_dropped(stage: str) -> None:
     metrics.record_dropped(stage)
 
 
+def _count_shed(reason: str) -> None:
+    from services.web import metrics  # see _count_dropped
+
+    metrics.record_shed(reason)
+
+
+def _busy_reply(retry_after_s: int) -> bytes:
+    """The 503 the loop answers while shedding, in the API's error format."""
+    body = json.dumps(
+        {
+            "error": {
+                "code": 503,
+                "status": "SERVICE_UNAVAILABLE",
+                "message": "the service is busy; please try again in a moment",
+            }
+        }  # fmt: skip
+    ).encode()
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: {retry_after_s}"
+        f"\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 class BufferedUnreader(Unreader):
     """gunicorn's parser reads the bytes the loop read first, then the socket, in the socket's portions.
 
@@ -195,6 +220,15 @@ class BufferingThreadWorker(ThreadWorker):
         self.max_head = self.cfg.limit_request_line + fields
         self.reading: dict[TConn, Reading] = {}
         self._start = _RequestStart()
+        # Shedding at the door (CoDel's test, on the thread pool): while requests wait for a thread and the
+        # last one a thread took had waited more than a quarter of max_queue_wait_ms, the queue is standing,
+        # not a burst; a new request would only lengthen it. Refuse it now, from the loop, before it holds a
+        # thread or memory; views.py refuses any that still wait the whole max_queue_wait_ms.
+        self.door_wait_s = cfg.max_queue_wait_ms / 1000 / 4
+        self._busy = _busy_reply(cfg.retry_after_s)
+        self._queue_lock = threading.Lock()
+        self._waiting = 0  # requests handed to the pool, not yet taken by a thread
+        self._last_wait_s = 0.0  # how long the last request a thread took had waited for it
 
     # --- the app sees when its request started, and whether the worker is stopping ---------------------
 
@@ -275,8 +309,19 @@ class BufferingThreadWorker(ThreadWorker):
                 reading.deadline = time.monotonic() + self.body_timeout_s
             return
         self._forget(conn)
+        with self._queue_lock:
+            shed = self._waiting > 0 and self._last_wait_s > self.door_wait_s
+            if not shed:
+                self._waiting += 1
+        if shed:
+            with contextlib.suppress(OSError):  # a few hundred bytes: the socket buffer takes them at once
+                conn.sock.send(self._busy)
+            _count_shed("queue")
+            self._close(conn)
+            return
         conn.data_ready = True  # skip gthread's own wait for the first byte
         conn.buffered = reading  # type: ignore[attr-defined]
+        conn.handed_at = time.monotonic()  # type: ignore[attr-defined]
         super().enqueue_req(conn)
 
     def _forget(self, conn: TConn) -> None:
@@ -308,6 +353,9 @@ class BufferingThreadWorker(ThreadWorker):
         reading: Reading | None = getattr(conn, "buffered", None)
         conn.buffered = None  # type: ignore[attr-defined]
         if reading is not None:
+            with self._queue_lock:
+                self._waiting -= 1
+                self._last_wait_s = time.monotonic() - conn.handed_at  # type: ignore[attr-defined]
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader = BufferedUnreader(reading.buf, conn.parser.unreader)

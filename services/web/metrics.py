@@ -53,7 +53,8 @@ MODEL_RETRIES = Counter(
 SHED = Counter(
     "zerolens_web_shed_requests",
     "Requests answered 503 before any work, by reason: saturated (the process's admission limit to the model "
-    "tier was reached) or waited (most of the deadline had passed before a thread took the request)",
+    "tier was reached), waited (it waited max_queue_wait_ms or most of its deadline for a thread) or queue "
+    "(refused as it arrived, while requests were waiting that long)",
     ["reason"],
 )
 DROPPED = Counter(

@@ -35,9 +35,8 @@ _BUSY = "the model servers are busy; please try again in a moment"
 # When the request arrived, time.time(): set in the environ by the web tier's gunicorn worker (front.py) when
 # the request's first byte came in, and by a proxy in front as X-Request-Start.
 REQUEST_START = "zerolens.request_start"
-# A request that has waited this fraction of request_timeout_ms before a thread took it is refused at once:
-# what is left (1 s of the default 10 s) is about a classification's p99 under load, and a request that old
-# means the web tier is behind; working on it would only make the requests after it late too.
+# A request that has waited max_queue_wait_ms, or this fraction of request_timeout_ms, before a thread took
+# it is refused at once: the web tier is behind, and working on it would make the requests after it late too.
 SHED_AFTER_FRACTION = 0.9
 MAX_REQUEST_START_AGE_S = 86_400  # an older X-Request-Start is a broken clock or unit, not a wait
 
@@ -156,7 +155,7 @@ def _deadline() -> float:
     now = time.time()
     budget_s = cfg.request_timeout_ms / 1000
     arrived = request_arrived(now)
-    if now - arrived >= SHED_AFTER_FRACTION * budget_s:
+    if now - arrived >= min(SHED_AFTER_FRACTION * budget_s, cfg.max_queue_wait_ms / 1000):
         metrics.record_shed("waited")
         raise ServiceUnavailable(_BUSY, retry_after=cfg.retry_after_s)
     return arrived + budget_s

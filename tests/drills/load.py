@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import threading
@@ -137,64 +138,59 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class OpenLoad:
-    """Requests sent at a fixed rate whatever the answers (an open loop), over `clients` keep-alive threads.
+    """Requests sent at a fixed rate whatever the answers (an open loop): the i-th at start + i / rate.
 
-    The i-th request is due at start + i / rate; a thread takes the next one due. With enough threads the
-    rate holds even when answers are slow, which is what an overload looks like from outside.
+    Each request is a task on one asyncio loop with a connection of its own, so slow answers never slow the
+    rate down, which is what an overload looks like from outside (a thread per request could not keep up).
     """
 
     port: int
     photo: bytes
     rate: float  # requests per second
     duration_s: float
-    clients: int = 64
     outcomes: list[Outcome] = field(default_factory=list)
 
     def run(self) -> OpenLoad:
         body, ctype = multipart(self.photo, "photo.jpg")
-        total = int(self.rate * self.duration_s)
-        start = time.monotonic() + 0.2
-        lock, taken = threading.Lock(), [0]
-
-        def client() -> None:
-            conn: http.client.HTTPConnection | None = None
-            while True:
-                with lock:
-                    i = taken[0]
-                    taken[0] += 1
-                if i >= total:
-                    break
-                due = start + i / self.rate
-                threading.Event().wait(max(0.0, due - time.monotonic()))  # the schedule, not a sync
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=HUNG_S)
-                began = time.monotonic()
-                try:
-                    conn.request("POST", "/api/v1/predict", body=body, headers={"Content-Type": ctype})
-                    resp = conn.getresponse()
-                    resp.read()
-                    result = str(resp.status)
-                    if resp.will_close:
-                        conn.close()
-                        conn = None
-                except TimeoutError:
-                    result = "hung"
-                except OSError as exc:
-                    result = f"error: {type(exc).__name__}"
-                if (result == "hung" or result.startswith("error")) and conn is not None:
-                    conn.close()
-                    conn = None
-                with lock:
-                    self.outcomes.append(Outcome(began, time.monotonic(), result))
-            if conn is not None:
-                conn.close()
-
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(self.clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(self.duration_s + HUNG_S + 10)
+        head = (
+            f"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        asyncio.run(self._run(head + body))
         return self
+
+    async def _run(self, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.1
+        tasks = []
+        for i in range(int(self.rate * self.duration_s)):
+            await asyncio.sleep(max(0.0, start + i / self.rate - loop.time()))  # the schedule, not a sync
+            tasks.append(asyncio.create_task(self._one(request)))
+        await asyncio.gather(*tasks)
+
+    async def _one(self, request: bytes) -> None:
+        began = time.monotonic()
+        writer = None
+        try:
+            async with asyncio.timeout(HUNG_S):
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(request)
+                status_line = await reader.readline()
+                await reader.read()  # Connection: close: the answer ends with the connection
+            parts = status_line.split(b" ", 2)
+            result = parts[1].decode() if len(parts) > 1 else "reset"
+        except TimeoutError:
+            result = "hung"
+        except ConnectionRefusedError:
+            result = "refused"
+        except (ConnectionResetError, BrokenPipeError):
+            result = "reset"
+        except OSError as exc:
+            result = f"error: {type(exc).__name__}"
+        finally:
+            if writer is not None:
+                writer.close()
+        self.outcomes.append(Outcome(began, time.monotonic(), result))
 
     def counts(self) -> Counter:
         return Counter(o.result for o in self.outcomes)

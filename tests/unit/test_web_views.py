@@ -232,14 +232,23 @@ def test_proxy_arrival_time_counts_against_the_deadline(client, fake_model, cat_
 
 def test_remaining_deadline_goes_to_the_model_and_cannot_be_extended(client, fake_model, cat_jpeg, tiers):
     waited = post_file(
-        client, "/api/v1/predict", cat_jpeg, headers={"X-Request-Start": f"t={time.time() - 4:.3f}"}
+        client, "/api/v1/predict", cat_jpeg, headers={"X-Request-Start": f"t={time.time() - 0.5:.3f}"}
     )
     future = post_file(
         client, "/api/v1/predict", cat_jpeg, headers={"X-Request-Start": f"t={time.time() + 60:.3f}"}
     )
     assert waited.status_code == future.status_code == 200
-    assert 5000 <= fake_model.calls[0]["timeout_ms"] <= 6000  # 10 s deadline, 4 s gone before
+    assert 9000 <= fake_model.calls[0]["timeout_ms"] <= 9500  # 10 s deadline, 0.5 s gone before
     assert 9000 <= fake_model.calls[1]["timeout_ms"] <= 10_000  # a start in the future counts as now
+
+
+def test_a_request_that_waited_longer_than_max_queue_wait_is_refused(make_app, fake_model, cat_jpeg):
+    with make_app(max_queue_wait_ms=3000).test_client() as client:
+        for waited_s, status in ((2.0, 200), (3.5, 503)):
+            start = f"t={time.time() - waited_s:.3f}"
+            response = post_file(client, "/api/v1/predict", cat_jpeg, headers={"X-Request-Start": start})
+            assert response.status_code == status, waited_s
+    assert len(fake_model.calls) == 1
 
 
 def test_saturated_model_tier_sheds_before_decoding(app, client, fake_model, cat_jpeg, tiers) -> None:
