@@ -1,7 +1,8 @@
 """`make bench`: every system side by side on the same photos, with ratios to the in-process references.
 
 Systems: zerolens (tflite and keras runtimes, CurveZMQ between the tiers; zerolens-plaintext: tflite without
-CurveZMQ, which prices the encryption), in-process (the model inside the Flask worker) and seed (the
+CurveZMQ, which prices the encryption; zerolens-gthread: tflite under gunicorn's plain gthread worker, which
+prices the web tier's slow-client-safe worker), in-process (the model inside the Flask worker) and seed (the
 teaching project's design). Each is started on free loopback ports, warmed up, then driven by the
 closed-loop load generator at each concurrency level for a fixed duration. Results go to
 bench/results/<time>/: results.json, results.md and PNG plots.
@@ -26,7 +27,14 @@ from bench import ceiling, loadgen, report
 from bench.photos import photo_set
 from bench.servers import BIN, ROOT, Proc, ensure_model, free_port, machine_busy_s, model_server, web_server
 
-SYSTEMS = ("zerolens-tflite", "zerolens-plaintext", "zerolens-keras", "in-process", "seed")
+# zerolens variants: the model runtime, the ZeroMQ security, extra gunicorn arguments
+ZEROLENS = {
+    "zerolens-tflite": ("tflite", "curve", []),
+    "zerolens-plaintext": ("tflite", "plaintext", []),
+    "zerolens-gthread": ("tflite", "curve", ["--worker-class", "gthread"]),  # the command line beats the file
+    "zerolens-keras": ("keras", "curve", []),
+}
+SYSTEMS = (*ZEROLENS, "in-process", "seed")
 
 
 def _gunicorn(tmp: Path, name: str, app: str, env: dict[str, str], workers: int = 2) -> Proc:
@@ -45,12 +53,13 @@ def start_system(
     name: str, tmp: Path, settings: dict[str, str], web_settings: dict[str, str]
 ) -> tuple[list[Proc], str, str | None]:
     """Start one system; returns its processes (model first), the predict URL and a metrics URL."""
-    if name.startswith("zerolens-"):
-        variant = name.split("-", 1)[1]
-        runtime, security = ("tflite", "plaintext") if variant == "plaintext" else (variant, "curve")
+    if name in ZEROLENS:
+        runtime, security, gunicorn_args = ZEROLENS[name]
         model = model_server(tmp, runtime=runtime, zmq_security=security, **settings).start(timeout_s=180)
         # if the web tier fails to start, the atexit net in bench.servers stops the model server
-        web = web_server(tmp, model.ports["zmq"], zmq_security=security, **web_settings).start()
+        web = web_server(tmp, model.ports["zmq"], zmq_security=security, **web_settings)
+        web.argv += gunicorn_args
+        web.start()
         metrics = f"http://127.0.0.1:{model.ports['health']}/metrics"
         return [model, web], f"http://127.0.0.1:{web.ports['http']}/api/v1/predict", metrics
     if name == "in-process":

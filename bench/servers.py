@@ -58,6 +58,7 @@ class Proc:
     proc: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
     curve_keys_dir: Path | None = None  # the CurveZMQ keys it uses; None with zmq_security=plaintext
+    children: int = 0  # child processes it has once ready (gunicorn's workers boot after the first answers)
 
     def start(self, timeout_s: float = 120) -> Proc:
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
@@ -67,7 +68,7 @@ class Proc:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            if self._ready():
+            if self._ready() and len(_children(self.proc.pid)) >= self.children:
                 return self
             time.sleep(0.1)
         self.stop()
@@ -261,6 +262,7 @@ def web_server(
     env |= security
     env |= {f"ZEROLENS_{k.upper()}": str(v) for k, v in settings.items()}
     return Proc(
+        children=int(env["ZEROLENS_WEB_WORKERS"]),
         name="web",
         argv=[str(BIN / "gunicorn"), "-c", "services/web/gunicorn.conf.py", "services.web:create_app()"],
         env=env,

@@ -48,6 +48,11 @@ MAX_CHUNKS = 4096
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
 _TIMEOUT_BODY = b"the request was not received in time\n"
+_UNFRAMED_BODY = b"the body's length cannot be known: chunked must be the last transfer coding\n"
+_UNFRAMED = (
+    b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_UNFRAMED_BODY), _UNFRAMED_BODY)
+)
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
@@ -70,12 +75,13 @@ class Reading:
         self.chunks = 0
 
 
-COMPLETE, INCOMPLETE, DISPATCH = "complete", "incomplete", "dispatch"
+COMPLETE, INCOMPLETE, DISPATCH, UNFRAMED = "complete", "incomplete", "dispatch", "unframed"
 
 
 def scan(reading: Reading, max_head: int, max_body: int) -> str:
-    """Whether the buffered bytes hold a whole request (COMPLETE), need more (INCOMPLETE), or should go to
-    gunicorn's parser as they are (DISPATCH: too big or malformed; it answers 413, 414, 431 or 400).
+    """Whether the buffered bytes hold a whole request (COMPLETE), need more (INCOMPLETE), should go to
+    gunicorn's parser as they are (DISPATCH: too big or malformed; it answers 413, 414, 431 or 400), or have
+    a body whose end cannot be known (UNFRAMED: a transfer coding other than chunked last; 400 here).
 
     Framing is only used to decide when to stop reading: gunicorn parses the request again from the same
     bytes, so a disagreement can only delay or hasten the hand-over, never change what the app receives.
@@ -91,8 +97,10 @@ def scan(reading: Reading, max_head: int, max_body: int) -> str:
         lengths = _CONTENT_LENGTH.findall(head)
         if encodings:
             codings = [c.strip().lower() for e in encodings for c in e.split(b",")]
-            if lengths or codings[-1] != b"chunked":
-                return DISPATCH  # refused by the parser (400/501)
+            if codings[-1] != b"chunked":
+                return UNFRAMED  # RFC 9112 6.1: the length cannot be known; 400 and close
+            if lengths:
+                return DISPATCH  # refused by the parser (400)
             reading.chunk_pos = reading.head_end
         elif lengths:
             if len(lengths) > 1 or not lengths[0].isdigit():
@@ -310,6 +318,11 @@ class BufferingThreadWorker(ThreadWorker):
                 reading.deadline = time.monotonic() + self.body_timeout_s
             return
         self._forget(conn)
+        if state == UNFRAMED:
+            with contextlib.suppress(OSError):
+                conn.sock.send(_UNFRAMED)
+            self._close(conn)
+            return
         with self._queue_lock:
             shed = self._waiting > 0 and self._last_wait_s > self.door_wait_s
             if not shed:

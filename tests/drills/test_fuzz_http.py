@@ -8,6 +8,7 @@ import socket
 import time
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -122,7 +123,10 @@ def test_http_api_fuzz(fuzz_app, photos, drill_record):
 
 
 def _raw(port: int, request: bytes) -> bytes:
-    """Send a raw request, half-close, and return what the server answered (b"" when it just closed)."""
+    """Send a raw request, half-close, and return what the server answered (b"" when it just closed).
+
+    A half-closed client may look gone to the web tier (499): that is a 4xx like any other here.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         try:
             sock.sendall(request)
@@ -169,7 +173,12 @@ def test_raw_requests_fuzz_against_gunicorn(tmp_path, photos, spawn, drill_recor
     start = time.monotonic()
     try:
         one()
-        still = _raw(port, valid)
+        still = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/predict",
+            data=photo,
+            headers={"Content-Type": "image/jpeg"},
+            timeout=30,
+        )
     finally:
         drill_record(
             "B3",
@@ -178,4 +187,4 @@ def test_raw_requests_fuzz_against_gunicorn(tmp_path, photos, spawn, drill_recor
             statuses=", ".join(f"{code}×{n}" for code, n in sorted(seen.items())),
             seconds=round(time.monotonic() - start, 1),
         )
-    assert still.startswith(b"HTTP/1.1 200"), still[:100]
+    assert still.status_code == 200, still.text  # and the server still serves
