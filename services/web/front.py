@@ -229,11 +229,11 @@ class BufferingThreadWorker(ThreadWorker):
         self.reading: dict[TConn, Reading] = {}
         self._start = _RequestStart()
         # Shedding at the door (CoDel's test, on the thread pool): while requests wait for a thread and the
-        # last one a thread took had waited half of max_queue_wait_ms, the queue is standing, not a burst, and
+        # last one a thread took had waited ¾ of max_queue_wait_ms, the queue is standing, not a burst, and
         # a new request would only lengthen it: refuse it now, from the loop, before it holds a thread or
         # memory (views.py refuses those that still wait the whole max_queue_wait_ms). Closed-loop clients
         # stay below it up to many times the threads (their number bounds the queue); an open flood does not.
-        self.door_wait_s = cfg.max_queue_wait_ms / 1000 / 2
+        self.door_wait_s = cfg.max_queue_wait_ms / 1000 * 0.75
         self._busy = _busy_reply(cfg.retry_after_s)
         self._queue_lock = threading.Lock()
         self._waiting = 0  # requests handed to the pool, not yet taken by a thread
