@@ -122,7 +122,7 @@ def test_a_100000_frame_message_is_dropped_and_released(model, ctx, drill_record
         answer = ping(ctx, model)
     drill_record(
         "S1",
-        "Rogue ZeroMQ peers (without CurveZMQ yet): one 100,000-frame message",
+        "A peer the port admits (plaintext here): one 100,000-frame message",
         frames=100_000,
         dropped_and_counted=int(counted),
         handled_s=round(handled_s, 2),
@@ -158,7 +158,7 @@ def test_messages_of_12_frames_of_20_mib_cost_what_libzmq_buffers_then_are_relea
             peer.close()
     drill_record(
         "S1",
-        "Rogue ZeroMQ peers (without CurveZMQ yet): 12 × 20 MiB messages (libzmq buffers each whole)",
+        "A peer the port admits (plaintext here): 12 × 20 MiB messages (libzmq buffers each whole)",
         message_mb=message_mb,
         peak_growth_one_mb=round(hwm_one - rss_before, 1),
         peak_growth_four_at_once_mb=round(hwm_four - rss_before, 1),
@@ -224,7 +224,7 @@ def test_a_peer_that_never_reads_takes_only_its_share(model, ctx, drill_record):
     queue_full = metric(model, "zerolens_model_refused_requests_total", reason="queue_full")
     drill_record(
         "S1",
-        "Rogue ZeroMQ peers (without CurveZMQ yet): one peer sends 2,000 requests and never reads",
+        "A peer the port admits (plaintext here): one peer sends 2,000 requests and never reads",
         user_requests=len(statuses),
         user_ok=statuses.count("OK"),
         user_503=statuses.count("OVERLOADED"),
