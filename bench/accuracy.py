@@ -66,7 +66,7 @@ def compare(model_dir: str) -> Agreement:
             data = jpeg(image, quality=92)
             names.append(f"{photo}/{variant}")
             size, crop = fast_cfg.input_size, fast_cfg.crop_fraction
-            fast_in.append(np.asarray(imaging.load_rgb(data, size, crop, fast_cfg.max_image_pixels)))
+            fast_in.append(np.asarray(imaging.load_rgb(data, size, crop, fast_cfg)))
             ref_in.append(reference_input(data, size, crop))
     fast_probs = np.concatenate(
         [fast.predict_batch(np.stack(fast_in[i : i + 16])) for i in range(0, len(names), 16)]

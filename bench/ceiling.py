@@ -47,7 +47,7 @@ def mean(first: Reference, last: Reference) -> Reference:
 
 
 def _decode(photo: Photo, cfg: ModelConfig) -> np.ndarray:
-    return np.asarray(imaging.load_rgb(photo.data, cfg.input_size, cfg.crop_fraction, cfg.max_image_pixels))
+    return np.asarray(imaging.load_rgb(photo.data, cfg.input_size, cfg.crop_fraction, cfg))
 
 
 def measure(photos: list[Photo], model_dir: str, duration_s: float = 5.0, threads: int = 2) -> Reference:

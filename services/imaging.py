@@ -38,7 +38,7 @@ Image.MAX_IMAGE_PIXELS = None
 # it in all. 16 MiB still holds any real photo's XMP and stops a file of many small zTXt bombs sooner.
 PngImagePlugin.MAX_TEXT_MEMORY = 16 * 1024 * 1024
 
-_LIMITS = ImageLimits()  # the defaults, for callers that pass only max_pixels
+DEFAULT_LIMITS = ImageLimits()
 FORMATS = ("JPEG", "PNG")  # what the model server decodes; everything else is refused by type
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"))
 _OTHER_MAGIC = (  # recognised only to name them in the error message
@@ -156,7 +156,7 @@ def _png_check_chunks(data: bytes) -> None:
 
 
 def open_image(
-    data: bytes | memoryview, max_pixels: int, max_side: int = _LIMITS.max_image_side
+    data: bytes | memoryview, max_pixels: int, max_side: int = DEFAULT_LIMITS.max_image_side
 ) -> Image.Image:
     """The upload opened lazily, its structure, type, size and mode checked from the header (no decoding).
 
@@ -321,22 +321,18 @@ def _reduce_region(img: Image.Image, plan: _Plan) -> Image.Image:
 
 
 def load_rgb(
-    data: bytes | memoryview,
-    size: int,
-    crop_fraction: float,
-    max_pixels: int,
-    max_side: int = _LIMITS.max_image_side,
-    max_decode_bytes: int = _LIMITS.max_decode_bytes,
+    data: bytes | memoryview, size: int, crop_fraction: float, limits: ImageLimits = DEFAULT_LIMITS
 ) -> Image.Image:
-    """Open and check the upload (open_image), then `fit` it to the model's input.
+    """Open and check the upload (open_image), then `fit` it to the model's input, within `limits`.
 
     :raise ImageError: everything `open_image` and `fit` refuse.
     """
-    return fit(open_image(data, max_pixels, max_side), size, crop_fraction, max_decode_bytes)
+    img = open_image(data, limits.max_image_pixels, limits.max_image_side)
+    return fit(img, size, crop_fraction, limits.max_decode_bytes)
 
 
 def fit(
-    img: Image.Image, size: int, crop_fraction: float, max_decode_bytes: int = _LIMITS.max_decode_bytes
+    img: Image.Image, size: int, crop_fraction: float, max_decode_bytes: int = DEFAULT_LIMITS.max_decode_bytes
 ) -> Image.Image:
     """Decode an opened image, centre-crop and resize to size×size RGB (bicubic), honouring EXIF orientation.
 

@@ -1,4 +1,4 @@
-"""Shared test fixtures: real photos and bad uploads as bytes, free ports, the app with a fake model."""
+"""Shared test fixtures: real photos and bad uploads, free ports, the app with a fake model, real servers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bench.servers import Proc, free_port
+from bench.servers import Proc, free_port, model_server, web_server
 from services.protocol import Prediction, Reply, Status
 
 FAKE_LABELS = ["tiger cat", "Egyptian cat", "tabby", "lynx", "tiger", "cougar", "snow leopard"]
@@ -229,3 +229,18 @@ def spawn() -> Iterator[Callable[[Proc], Proc]]:
     yield start
     for proc in reversed(started):
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc]]:
+    """A real model server (TFLite) and a real gunicorn web tier, shared by a test module."""
+    tmp = tmp_path_factory.mktemp("stack")
+    model = model_server(tmp, max_batch_delay_ms=10)
+    web = web_server(tmp, 0)
+    try:
+        model.start()
+        web.env["ZEROLENS_MODEL_SERVER"] = f"127.0.0.1:{model.ports['zmq']}"
+        yield model, web.start()
+    finally:
+        web.stop()
+        model.stop()

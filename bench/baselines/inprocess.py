@@ -32,7 +32,7 @@ def create_app():
             runtime.append(load_runtime(cfg))
         data = request.files["image"].read()
         try:
-            image = imaging.load_rgb(data, cfg.input_size, cfg.crop_fraction, cfg.max_image_pixels)
+            image = imaging.load_rgb(data, cfg.input_size, cfg.crop_fraction, cfg)
         except imaging.ImageError as exc:
             return jsonify({"error": str(exc)}), 400
         probs = runtime[0].predict_batch(np.asarray(image)[None])[0]

@@ -172,14 +172,7 @@ class Pipeline:
         if start >= deadline:
             raise DeadlineExceeded("deadline passed while waiting for a decoder")
         cfg = self._cfg
-        image = decode_image(
-            request.image,
-            cfg.input_size,
-            cfg.crop_fraction,
-            cfg.max_image_pixels,
-            cfg.max_image_side,
-            cfg.max_decode_bytes,
-        )
+        image = decode_image(request.image, cfg.input_size, cfg.crop_fraction, cfg)  # cfg holds the limits
         return image, start, time.monotonic() - start
 
     def _decoded(

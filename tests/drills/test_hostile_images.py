@@ -20,7 +20,6 @@ import sys
 import textwrap
 import time
 import zlib
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +191,7 @@ PROBE = textwrap.dedent(
 
     PATHS = {
         "web": lambda data: imaging.fit(imaging.open_image(data, 50_000_000), 224, 0.875),
-        "model": lambda data: preprocess.decode_image(data, 224, 0.875, 50_000_000),
+        "model": lambda data: preprocess.decode_image(data, 224, 0.875),
     }
     folder = Path(sys.argv[1])
     warm = (folder / "warm-up").read_bytes()
@@ -269,20 +268,6 @@ def test_hostile_images_in_both_decode_paths(hostile, tmp_path, drill_record):
             assert row["outcome"].startswith(str(expected)), where
             assert row["s"] < REFUSE_LIMIT_S, f"{where} took {row['s']:.2f} s"
         assert row["peak"] < PEAK_LIMIT, f"{where} added {row['peak'] / MB:.0f} MB"
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[[Proc], Proc]]:
-    """Start a server process for one test; whatever happens, it is stopped when the test ends."""
-    started: list[Proc] = []
-
-    def start(proc: Proc, timeout_s: float = 120) -> Proc:
-        started.append(proc)
-        return proc.start(timeout_s)
-
-    yield start
-    for proc in reversed(started):
-        proc.stop()
 
 
 def _workers(web: Proc) -> list[int]:

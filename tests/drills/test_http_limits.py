@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import Proc, free_port, model_server, web_server
+from bench.servers import Proc, free_port, web_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.drill]
 
@@ -46,21 +46,6 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
         yield proc.start()
     finally:
         proc.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc]]:
-    """A model server and a gunicorn web tier with the default body cap."""
-    tmp = tmp_path_factory.mktemp("limits-stack")
-    model = model_server(tmp)
-    web = web_server(tmp, 0)
-    try:
-        model.start()
-        web.env["ZEROLENS_MODEL_SERVER"] = f"127.0.0.1:{model.ports['zmq']}"
-        yield model, web.start()
-    finally:
-        web.stop()
-        model.stop()
 
 
 @dataclass

@@ -33,7 +33,7 @@ def jpeg(photo: np.ndarray) -> bytes:
 
 def model_input(photo: np.ndarray) -> np.ndarray:
     """Exactly what the model server feeds the runtime: decoded JPEG bytes, centre crop, 224 px."""
-    return np.asarray(imaging.load_rgb(jpeg(photo), 224, 0.875, 50_000_000))
+    return np.asarray(imaging.load_rgb(jpeg(photo), 224, 0.875))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from services import imaging
+from services.config import ImageLimits
 from services.imaging import ImageError
 
 LIMIT = 50_000_000
@@ -48,7 +49,7 @@ def test_sniff_ignores_names_and_uses_bytes():
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_load_rgb_gives_a_square_rgb_of_the_right_size(fmt):
-    out = imaging.load_rgb(encode(halves(1600, 1200), fmt), 224, 0.875, LIMIT)
+    out = imaging.load_rgb(encode(halves(1600, 1200), fmt), 224, 0.875)
     assert out.size == (224, 224) and out.mode == "RGB"
     left, right = out.getpixel((20, 112)), out.getpixel((200, 112))
     assert left[0] > 200 and left[2] < 60 and right[2] > 200 and right[0] < 60
@@ -57,7 +58,7 @@ def test_load_rgb_gives_a_square_rgb_of_the_right_size(fmt):
 def test_exif_orientation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 3  # rotated 180°: red ends up on the right
-    out = imaging.load_rgb(encode(halves(), "JPEG", exif=exif), 224, 0.875, LIMIT)
+    out = imaging.load_rgb(encode(halves(), "JPEG", exif=exif), 224, 0.875)
     assert out.getpixel((200, 112))[0] > 200 and out.getpixel((20, 112))[2] > 200
 
 
@@ -70,22 +71,22 @@ def test_exif_orientation_is_applied():
     ids=["rgba", "la"],
 )
 def test_transparency_is_composited_on_white(img):
-    out = imaging.load_rgb(encode(img, "PNG"), 64, 1.0, LIMIT)
+    out = imaging.load_rgb(encode(img, "PNG"), 64, 1.0)
     assert out.getpixel((32, 32)) == (255, 255, 255)
 
 
 def test_cmyk_jpeg_and_palette_png_decode():
     cmyk = Image.new("CMYK", (300, 300), (0, 255, 255, 0))  # red in CMYK
-    out = imaging.load_rgb(encode(cmyk, "JPEG"), 64, 1.0, LIMIT)
+    out = imaging.load_rgb(encode(cmyk, "JPEG"), 64, 1.0)
     r, g, b = out.getpixel((32, 32))
     assert r > 200 and g < 60 and b < 60
     pal = halves().convert("P")
-    assert imaging.load_rgb(encode(pal, "PNG"), 64, 1.0, LIMIT).mode == "RGB"
+    assert imaging.load_rgb(encode(pal, "PNG"), 64, 1.0).mode == "RGB"
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped():
     img = Image.new("I;16", (100, 100), 32768)  # mid grey in 16 bits
-    out = imaging.load_rgb(encode(img, "PNG"), 32, 1.0, LIMIT)
+    out = imaging.load_rgb(encode(img, "PNG"), 32, 1.0)
     assert 120 <= out.getpixel((16, 16))[0] <= 136
 
 
@@ -102,7 +103,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped():
     ids=["empty", "text", "gif", "pdf", "bomb", "garbage-jpeg"],
 )
 def test_bad_uploads_are_refused_by_open_image_and_load(data, message, unsupported):
-    for call in (lambda: imaging.open_image(data, LIMIT), lambda: imaging.load_rgb(data, 224, 0.875, LIMIT)):
+    for call in (lambda: imaging.open_image(data, LIMIT), lambda: imaging.load_rgb(data, 224, 0.875)):
         with pytest.raises(ImageError, match=message) as info:
             call()
         assert info.value.unsupported is unsupported
@@ -113,7 +114,7 @@ def test_truncated_jpeg_passes_the_header_checks_but_fails_decode():
     info = imaging.describe(imaging.open_image(data, LIMIT))
     assert (info.format, info.width, info.height) == ("JPEG", 800, 600)
     with pytest.raises(ImageError, match="cannot decode image"):
-        imaging.load_rgb(data, 224, 0.875, LIMIT)
+        imaging.load_rgb(data, 224, 0.875)
 
 
 def test_pixel_limit_is_configurable():
@@ -149,12 +150,13 @@ def test_a_png_over_the_decode_budget_is_refused_before_decoding():
 def test_progressive_jpeg_costs_full_size_coefficients_and_baseline_does_not():
     photo = halves(3000, 2000)
     budget = 16 * 1024 * 1024  # 6 Mpx: progressive needs 18 MB of coefficients, baseline ~1 MB at 1/8
-    baseline = imaging.load_rgb(encode(photo, "JPEG"), 224, 0.875, LIMIT, max_decode_bytes=budget)
+    baseline = imaging.load_rgb(encode(photo, "JPEG"), 224, 0.875, ImageLimits(max_decode_bytes=budget))
     assert baseline.size == (224, 224)
     with pytest.raises(
         ImageError, match=r"3,000×2,000 progressive or multi-scan JPEG would take about 2\d MiB"
     ):
-        imaging.load_rgb(encode(photo, "JPEG", progressive=True), 224, 0.875, LIMIT, max_decode_bytes=budget)
+        limits = ImageLimits(max_decode_bytes=budget)
+        imaging.load_rgb(encode(photo, "JPEG", progressive=True), 224, 0.875, limits)
 
 
 def _jpeg_segment(marker: int, payload: bytes) -> bytes:
@@ -189,7 +191,7 @@ def test_malformed_jpeg_headers_are_refused_before_pillow_walks_them(insert, mes
 def test_a_few_fill_bytes_and_segments_are_tolerated():
     jpeg = encode(halves(), "JPEG")
     data = jpeg[:2] + _jpeg_segment(0xFE, b"hi") * 50 + b"\xff" * 100 + jpeg[2:]
-    assert imaging.load_rgb(data, 64, 1.0, LIMIT).size == (64, 64)
+    assert imaging.load_rgb(data, 64, 1.0).size == (64, 64)
 
 
 def test_a_png_of_too_many_chunks_is_refused():
@@ -223,4 +225,4 @@ def test_strip_conversion_gives_the_pixels_of_converting_the_whole_image(mode):
     whole = imaging._to_rgb(Image.open(io.BytesIO(data)))
     box = imaging.centre_box(*whole.size, 0.875)
     expected = whole.resize((224, 224), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
-    assert imaging.load_rgb(data, 224, 0.875, LIMIT).tobytes() == expected.tobytes()
+    assert imaging.load_rgb(data, 224, 0.875).tobytes() == expected.tobytes()
