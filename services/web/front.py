@@ -45,6 +45,7 @@ ACCEPT_BATCH = 64  # connections taken from the accept queue per readiness event
 # A body of tiny chunks costs the loop a step per chunk; uploads come in a few big ones. Beyond this many,
 # the request goes to a thread as it is (gunicorn reads the rest there).
 MAX_CHUNKS = 4096
+TAKE_EWMA = 0.1  # weight of the newest interval in the moving average of the pool's pace
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
 _TIMEOUT_BODY = b"the request was not received in time\n"
@@ -228,16 +229,18 @@ class BufferingThreadWorker(ThreadWorker):
         self.max_head = self.cfg.limit_request_line + fields
         self.reading: dict[TConn, Reading] = {}
         self._start = _RequestStart()
-        # Shedding at the door (CoDel's test, on the thread pool): while requests wait for a thread and the
-        # last one a thread took had waited ¾ of max_queue_wait_ms, the queue is standing, not a burst, and
-        # a new request would only lengthen it: refuse it now, from the loop, before it holds a thread or
-        # memory (views.py refuses those that still wait the whole max_queue_wait_ms). Closed-loop clients
-        # stay below it up to many times the threads (their number bounds the queue); an open flood does not.
+        # Shedding at the door: a new request would wait about (requests waiting) × (time between two
+        # requests taken by threads while some wait), by Little's law. When that passes ¾ of
+        # max_queue_wait_ms it would likely be refused later anyway (views.py refuses what waited the whole
+        # of it), after holding memory and a thread's time: refuse it now, from the loop, in microseconds.
+        # Closed-loop clients stay below it up to many times the threads; an open flood does not.
         self.door_wait_s = cfg.max_queue_wait_ms / 1000 * 0.75
         self._busy = _busy_reply(cfg.retry_after_s)
         self._queue_lock = threading.Lock()
         self._waiting = 0  # requests handed to the pool, not yet taken by a thread
-        self._last_wait_s = 0.0  # how long the last request a thread took had waited for it
+        self._taken_at = 0.0  # when a thread last took one
+        self._taken_busy = False  # whether others were still waiting then (an idle gap is not service time)
+        self._take_interval_s = 0.0  # moving average of the time between takes while requests wait
 
     # --- the app sees when its request started, and whether the worker is stopping ---------------------
 
@@ -324,7 +327,7 @@ class BufferingThreadWorker(ThreadWorker):
             self._close(conn)
             return
         with self._queue_lock:
-            shed = self._waiting > 0 and self._last_wait_s > self.door_wait_s
+            shed = self._waiting * self._take_interval_s > self.door_wait_s
             if not shed:
                 self._waiting += 1
         if shed:
@@ -335,7 +338,6 @@ class BufferingThreadWorker(ThreadWorker):
             return
         conn.data_ready = True  # skip gthread's own wait for the first byte
         conn.buffered = reading  # type: ignore[attr-defined]
-        conn.handed_at = time.monotonic()  # type: ignore[attr-defined]
         super().enqueue_req(conn)
 
     def _forget(self, conn: TConn) -> None:
@@ -369,7 +371,10 @@ class BufferingThreadWorker(ThreadWorker):
         if reading is not None:
             with self._queue_lock:
                 self._waiting -= 1
-                self._last_wait_s = time.monotonic() - conn.handed_at  # type: ignore[attr-defined]
+                now = time.monotonic()
+                if self._taken_busy:
+                    self._take_interval_s += TAKE_EWMA * (now - self._taken_at - self._take_interval_s)
+                self._taken_at, self._taken_busy = now, self._waiting > 0
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader = BufferedUnreader(reading.buf, conn.parser.unreader)
