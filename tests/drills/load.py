@@ -137,44 +137,59 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @dataclass
-class OpenLoad:
-    """Requests sent at a fixed rate whatever the answers (an open loop): the i-th at start + i / rate.
+class AsyncLoad:
+    """Requests from one asyncio loop, each on a connection of its own (Connection: close).
 
-    Each request is a task on one asyncio loop with a connection of its own, so slow answers never slow the
-    rate down, which is what an overload looks like from outside (a thread per request could not keep up).
+    `open_loop`: the i-th request at start + i / rate whatever the answers, as an overload looks from outside
+    (a thread per request could not keep the pace). `closed_loop`: `clients` tasks each sending its next
+    request when the last is answered, for the capacity, measured with the same client and the same costs.
     """
 
     port: int
     photo: bytes
-    rate: float  # requests per second
-    duration_s: float
     outcomes: list[Outcome] = field(default_factory=list)
 
-    def run(self) -> OpenLoad:
+    def __post_init__(self) -> None:
         body, ctype = multipart(self.photo, "photo.jpg")
         head = (
             f"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
-        asyncio.run(self._run(head + body))
+        self._request = head + body
+
+    def open_loop(self, rate: float, duration_s: float) -> AsyncLoad:
+        asyncio.run(self._open(rate, duration_s))
         return self
 
-    async def _run(self, request: bytes) -> None:
+    def closed_loop(self, clients: int, duration_s: float) -> AsyncLoad:
+        asyncio.run(self._closed(clients, duration_s))
+        return self
+
+    async def _open(self, rate: float, duration_s: float) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.1
         tasks = []
-        for i in range(int(self.rate * self.duration_s)):
-            await asyncio.sleep(max(0.0, start + i / self.rate - loop.time()))  # the schedule, not a sync
-            tasks.append(asyncio.create_task(self._one(request)))
+        for i in range(int(rate * duration_s)):
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))  # the schedule, not a sync
+            tasks.append(asyncio.create_task(self._one()))
         await asyncio.gather(*tasks)
 
-    async def _one(self, request: bytes) -> None:
+    async def _closed(self, clients: int, duration_s: float) -> None:
+        end = time.monotonic() + duration_s
+
+        async def client() -> None:
+            while time.monotonic() < end:
+                await self._one()
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+    async def _one(self) -> None:
         began = time.monotonic()
         writer = None
         try:
             async with asyncio.timeout(HUNG_S):
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(request)
+                writer.write(self._request)
                 status_line = await reader.readline()
                 await reader.read()  # Connection: close: the answer ends with the connection
             parts = status_line.split(b" ", 2)

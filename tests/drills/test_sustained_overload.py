@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bench.servers import model_server, web_server
-from tests.drills.load import Load, OpenLoad, percentile
+from tests.drills.load import AsyncLoad, percentile
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +28,15 @@ def test_twice_the_capacity_for_a_minute(tmp_path, photos, spawn, drill_record):
     model = spawn(model_server(tmp_path))
     web = spawn(web_server(tmp_path, model.ports["zmq"]))
     port, data = web.ports["http"], photos["coffee.jpg"].data
-    with Load(port, data, clients=16) as warm:  # capacity: closed loop at a concurrency that saturates
-        began = time.monotonic()
-        warm.wait_count(len(warm.outcomes) + 10_000, timeout_s=8)
-        ended = time.monotonic()
-    capacity = sum(o.result == "200" for o in warm.between(began, ended)) / (ended - began)
+    # capacity: 16 closed-loop clients, the same client and connection costs as the overload
+    AsyncLoad(port, data).closed_loop(clients=16, duration_s=2)  # warm-up
+    began = time.monotonic()
+    capacity = AsyncLoad(port, data).closed_loop(clients=16, duration_s=10).counts()["200"] / (
+        time.monotonic() - began
+    )
     memory_before = _rss_mb(model, web)
     began = time.monotonic()
-    load = OpenLoad(port, data, rate=2 * capacity, duration_s=DURATION_S).run()
+    load = AsyncLoad(port, data).open_loop(rate=2 * capacity, duration_s=DURATION_S)
     elapsed = time.monotonic() - began
     memory_after = _rss_mb(model, web)
     counts = load.counts()
