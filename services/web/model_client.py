@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -237,8 +238,10 @@ class ModelClient:
         """The reply to request_id, or None at attempt_end; replies to earlier requests are dropped."""
         while True:
             left_ms = (attempt_end - time.monotonic()) * 1000
-            if left_ms <= 0 or not client.poll(left_ms, zmq.POLLIN):
+            if left_ms <= 0:
                 return None
+            if not client.poll(math.ceil(left_ms), zmq.POLLIN):
+                continue  # poll counts whole milliseconds: end only once attempt_end has really passed
             try:
                 frames = client.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
