@@ -13,6 +13,10 @@ that misses one gets 408 and is closed. The loop holds at most `max_upload_bytes
 (bigger bodies go to a thread at once to be refused with 413), and gunicorn's `worker_connections` bounds
 the connections.
 
+Overload: a complete request that would wait for a thread longer than ¾ of `max_queue_wait_ms` is answered
+503 by the loop at once (see BufferingThreadWorker.__init__), so a flood is refused cheaply and the requests
+that are taken stay fresh.
+
 Stopping (SIGTERM): the worker first accepts every connection already waiting in the kernel's accept queue
 and closes its listening sockets — closing a listener resets the connections still queued in it, while a
 connection attempted after the close is refused before it is established — then serves what it holds.
