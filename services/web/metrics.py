@@ -46,7 +46,7 @@ MODEL_CALLS = Counter(
 )
 MODEL_RETRIES = Counter(
     "zerolens_web_model_retries",
-    "Extra attempts by reason: timeout (no answer), overloaded (server busy), unreachable (not connected)",
+    "Extra attempts by reason: timeout (no answer), overloaded (server busy; resent to another server)",
     ["reason"],
 )
 

@@ -16,7 +16,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import zmq
 from flask import Flask, current_app, g
@@ -26,6 +25,7 @@ from services import keys, protocol
 from services.config import WebConfig
 from services.protocol import OP_CLASSIFY, OP_PING, Reply, Request, Status
 from services.web import discovery, metrics
+from services.web.admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ MAX_REPLY_BYTES = 1 << 20  # replies are a few KB; a bigger message is garbage a
 CONNECT_WAIT_MS = 300
 FAST_FAIL_WAIT_MS = 50
 SPEC_RETRY_S = 1.0  # after a failed input-size ping, threads go without the size this long rather than ping
-# Admission: an OVERLOADED reply cuts the process's limit to this fraction of what was in flight (Netflix
-# concurrency-limits' AIMD uses 0.9; 0.5 halves as TCP does but leaves the queue idle after each cut).
-ADMISSION_BACKOFF = 0.9
-ADMISSION_MAX = 4096  # "no limit": the limit only matters once an OVERLOADED reply has set it
 
 
 class ModelUnavailable(Exception):
@@ -55,60 +51,6 @@ class ModelUnavailable(Exception):
 
 class ModelTimeout(Exception):
     """The request's overall deadline passed before any server answered (HTTP 504)."""
-
-
-@dataclass
-class Ticket:
-    """One admitted request: the limit's epoch when it was admitted, and the model's answer once known."""
-
-    epoch: int
-    status: Status | None = None  # the reply's status; None when no reply came (or none was asked for)
-    room: bool | None = None  # whether the server had a free slot as it answered; None: it did not say
-
-    def answered(self, reply: Reply) -> None:
-        """Note the model's reply to this request."""
-        self.status = reply.status
-        self.room = reply.queue_depth < reply.queue_capacity if reply.queue_capacity else None
-
-
-class Admission:
-    """How many requests this process lets into the model tier at once: an adaptive limit (AIMD).
-
-    The model servers refuse work over their bounded queue with OVERLOADED; by then the web tier has read and
-    decoded the photo for nothing. So each process learns how much the tier takes from its replies, as TCP
-    learns a path's capacity: an OVERLOADED reply cuts the limit to ADMISSION_BACKOFF × the requests then in
-    flight, once per round (requests admitted before a cut do not cut again); an OK reply raises it by
-    1/limit (about one per round of replies) when the server says it had a free slot as it answered (or does
-    not say). Growing only into room the server reported keeps the probes that end in OVERLOADED, each a
-    decode thrown away, rare. Over the limit a request is refused before any work. The queues are shared
-    with every other web process; each process settles at its share without knowing how many there are, and
-    nothing is cached about the servers that could go stale: the limit moves only on replies.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.limit = float(ADMISSION_MAX)
-        self.in_flight = 0
-        self._epoch = 0
-
-    def try_acquire(self) -> Ticket | None:
-        """A ticket for one request, or None when the limit is reached (shed it)."""
-        with self._lock:
-            if self.in_flight >= max(1, int(self.limit)):  # at least one: the way to learn the queue drained
-                return None
-            self.in_flight += 1
-            return Ticket(self._epoch)
-
-    def release(self, ticket: Ticket) -> None:
-        """Give the ticket back, adapting the limit to the model's answer (ticket.status)."""
-        with self._lock:
-            self.in_flight -= 1
-            if ticket.status is Status.OVERLOADED:
-                if ticket.epoch == self._epoch:
-                    self.limit = max(1.0, min(self.limit, self.in_flight + 1) * ADMISSION_BACKOFF)
-                    self._epoch += 1
-            elif ticket.status is Status.OK and ticket.room is not False:
-                self.limit = min(float(ADMISSION_MAX), self.limit + 1 / self.limit)
 
 
 class TierState:
@@ -295,7 +237,7 @@ class ModelClient:
         sent = False
         overloaded: Reply | None = None
         elsewhere = 0  # tries after OVERLOADED, each to the next connected server
-        failure = ""  # why the previous try failed: unreachable, timeout or overloaded
+        failure = ""  # why the previous try failed: timeout or overloaded
         for attempt in range(tries):
             now = time.monotonic()
             if now >= deadline:

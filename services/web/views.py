@@ -2,7 +2,7 @@
 
 A classification is refused before any work (503 + Retry-After, nothing read, decoded or sent) when most of
 its deadline went by before a thread took it, or when this process already has as many requests in the
-model tier as the tier takes (model_client.Admission); it is dropped when its client has gone.
+model tier as the tier takes (admission.py); it is dropped when its client has gone.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from services import imaging
 from services.config import WebConfig
 from services.protocol import MAX_TOP_K, Status
 from services.web import metrics
+from services.web.admission import Ticket
 from services.web.errors import raise_for_reply
-from services.web.model_client import ModelTimeout, ModelUnavailable, Ticket, admission, get_client
+from services.web.front import DRAINING, REQUEST_START
+from services.web.model_client import ModelTimeout, ModelUnavailable, admission, get_client
 
 bp = Blueprint("web", __name__)
 
@@ -32,9 +34,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what an incoming X-Request-
 _HOW = f"send a JPEG or PNG photo as multipart/form-data in the field {FIELD!r}"
 _BUSY = "the model servers are busy; please try again in a moment"
 
-# When the request arrived, time.time(): set in the environ by the web tier's gunicorn worker (front.py) when
-# the request's first byte came in, and by a proxy in front as X-Request-Start.
-REQUEST_START = "zerolens.request_start"
 # A request that has waited max_queue_wait_ms, or this fraction of request_timeout_ms, before a thread took
 # it is refused at once: the web tier is behind, and working on it would make the requests after it late too.
 SHED_AFTER_FRACTION = 0.9
@@ -296,7 +295,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """Readiness: a model server answers a ping within ready_timeout_ms, and this worker is not stopping."""
-    if request.environ.get("zerolens.draining"):  # set by services/web/front.py after SIGTERM
+    if request.environ.get(DRAINING):  # set by the worker (front.py) after SIGTERM
         return jsonify(status="not ready", reason="stopping: finishing the requests in flight"), 503
     try:
         reply = get_client().ping(_cfg().ready_timeout_ms)

@@ -1,10 +1,10 @@
-"""The buffering worker's framing: when a request read by the event loop is whole and goes to a thread."""
+"""Request framing: when a request read by the worker's event loop is whole and goes to a thread."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.web.front import COMPLETE, DISPATCH, INCOMPLETE, MAX_CHUNKS, UNFRAMED, Reading, scan
+from services.web.framing import COMPLETE, DISPATCH, INCOMPLETE, MAX_CHUNKS, UNFRAMED, Reading, scan
 
 MAX_HEAD, MAX_BODY = 8192, 10_000
 HEAD = b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
