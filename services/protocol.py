@@ -102,8 +102,9 @@ class Reply:
     # In ping replies: the model's input, so a client can send rgb8 pixels of the right size.
     input_size: int = 0
     crop_fraction: float = 0.0
-    # In OK replies: the requests the server held unanswered as it replied (this one included) and its bound
-    # (max_queue_size), so a client can tell whether the server had room to spare; 0 when it does not say.
+    # In OK replies: the requests the server held unanswered as it replied (this one included), or its bound
+    # when the queue filled while it held this one, and the bound (max_queue_size): a client can tell whether
+    # the server had room to spare throughout; 0 when it does not say.
     queue_depth: int = 0
     queue_capacity: int = 0
 

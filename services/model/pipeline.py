@@ -7,6 +7,7 @@ No sockets here: a worker hands in a parsed Request and a callback, and gets its
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -63,6 +64,7 @@ class Pipeline:
         )
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._filled = 0  # times the queue became full
         # Admitted requests per client (routing id); a client leaves the map with its last request, so it
         # never holds more than max_queue_size entries however many peers come and go.
         self._per_client: dict[bytes, int] = {}
@@ -97,6 +99,8 @@ class Pipeline:
                 self._in_flight += 1
                 self._per_client[client] = held + 1
                 reason = ""
+                if self._in_flight == cfg.max_queue_size:
+                    self._filled += 1
         if reason:
             self._metrics.refused.labels(reason).inc()
             return why
@@ -143,12 +147,17 @@ class Pipeline:
                 Status.TOO_LARGE,
                 f"image is {len(request.image)} bytes; limit {self._cfg.max_upload_bytes}",
             )
+        filled = self._filled  # read first: the request that fills the queue saw it full too
         if (refusal := self._admit(client)) is not None:
             return Reply(rid, Status.OVERLOADED, refusal)
         deadline = received + remaining_s
 
         def finish(reply: Reply) -> None:
             self._release(client)
+            # the queue drains and refills with each batch: report it full if it filled at any moment while
+            # this request was held, so a client grows its share only into room that lasted
+            if reply.queue_capacity and self._filled != filled:
+                reply = dataclasses.replace(reply, queue_depth=reply.queue_capacity)
             done(reply)
 
         if request.encoding == ENCODING_RGB8:  # decoded by the client: straight to the batcher, no copy
@@ -248,7 +257,7 @@ class Pipeline:
                 timings_ms,
                 result.batch_size,
                 self._runtime.name,
-                queue_depth=self._in_flight,  # the web tier's admission grows only while there is room
+                queue_depth=self._in_flight,  # see finish(): the web tier's admission grows only into room
                 queue_capacity=self._cfg.max_queue_size,
             )
         )

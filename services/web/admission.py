@@ -17,13 +17,19 @@ ADMISSION_BACKOFF = 0.9
 ADMISSION_MAX = 4096  # "no limit": the limit only matters once an OVERLOADED reply has set it
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
     """One admitted request: the limit's epoch when it was admitted, and the model's answer once known."""
 
     epoch: int
+    gate: Admission
     status: Status | None = None  # the reply's status; None when no reply came (or none was asked for)
-    room: bool | None = None  # whether the server had a free slot as it answered; None: it did not say
+    room: bool | None = None  # whether the server had a free slot all along; None: it did not say
+    closed: bool = False
+
+    def close(self) -> None:
+        """Give the ticket back (once; later calls do nothing)."""
+        self.gate.release(self)
 
     def answered(self, reply: Reply) -> None:
         """Note the model's reply to this request."""
@@ -38,9 +44,11 @@ class Admission:
     decoded the photo for nothing. So each process learns how much the tier takes from its replies, as TCP
     learns a path's capacity: an OVERLOADED reply cuts the limit to ADMISSION_BACKOFF × the requests then in
     flight, once per round (requests admitted before a cut do not cut again); an OK reply raises it by
-    1/limit (about one per round of replies) when the server says it had a free slot as it answered (or does
-    not say). Growing only into room the server reported keeps the probes that end in OVERLOADED, each a
-    decode thrown away, rare. Over the limit a request is refused before any work. The queues are shared
+    1/limit (about one per round of replies) when the server says its queue never filled while it held the
+    request (or does not say), and this process had all of its limit in flight. Growing only into room the
+    server reported, and only a limit in use, keeps the probes that end in OVERLOADED, each a decode thrown
+    away, rare. Over the limit a request is refused before any work (the
+    worker's loop asks before the request waits for a thread: views.py installs it). The queues are shared
     with every other web process; each process settles at its share without knowing how many there are, and
     nothing is cached about the servers that could go stale: the limit moves only on replies.
     """
@@ -51,21 +59,36 @@ class Admission:
         self.in_flight = 0
         self._epoch = 0
 
+    def full(self) -> bool:
+        """Whether a request now would be refused (read without the lock: a hint for refusing early)."""
+        return self.in_flight >= max(1, int(self.limit))  # at least one: the way to learn the queue drained
+
     def try_acquire(self) -> Ticket | None:
         """A ticket for one request, or None when the limit is reached (shed it)."""
         with self._lock:
-            if self.in_flight >= max(1, int(self.limit)):  # at least one: the way to learn the queue drained
+            if self.full():
                 return None
             self.in_flight += 1
-            return Ticket(self._epoch)
+            return Ticket(self._epoch, self)
 
     def release(self, ticket: Ticket) -> None:
-        """Give the ticket back, adapting the limit to the model's answer (ticket.status)."""
+        """Give the ticket back, adapting the limit to the model's answer (ticket.status); once per ticket."""
         with self._lock:
+            if ticket.closed:
+                return
+            ticket.closed = True
             self.in_flight -= 1
             if ticket.status is Status.OVERLOADED:
                 if ticket.epoch == self._epoch:
                     self.limit = max(1.0, min(self.limit, self.in_flight + 1) * ADMISSION_BACKOFF)
                     self._epoch += 1
-            elif ticket.status is Status.OK and ticket.room is not False:
+            elif ticket.status is Status.OK and ticket.room is not False and self._limit_in_use():
                 self.limit = min(float(ADMISSION_MAX), self.limit + 1 / self.limit)
+
+    def _limit_in_use(self) -> bool:
+        """Whether all of the limit was in flight as a ticket came back (its own included).
+
+        The limit grows only then: a limit raised while the clients sent less would let a later burst
+        overflow the queues (TCP grows only a window it fills, RFC 7661).
+        """
+        return self.in_flight + 1 >= int(self.limit)

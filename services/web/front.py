@@ -44,6 +44,12 @@ from services.web.framing import INCOMPLETE, UNFRAMED, Reading, scan
 
 REQUEST_START = "zerolens.request_start"  # environ: time.time() when the request's first byte arrived
 DRAINING = "zerolens.draining"  # environ: True once the worker is stopping (readiness turns false)
+# app.extensions: `door(method, path)`, asked by the loop for each complete request before it waits for a
+# thread. False: refuse it now (503 from the loop, so a refusal never waits behind the requests queued for a
+# thread); None: nothing to say; anything else (with a close()) is held for the request as environ[ADMITTED],
+# and closed once it has been answered (if the app has not closed it first).
+DOOR = "zerolens.door"
+ADMITTED = "zerolens.admitted"
 READ_SIZE = 256 * 1024
 ACCEPT_BATCH = 64  # connections taken from the accept queue per readiness event
 TAKE_EWMA = 0.1  # weight of the newest interval in the moving average of the pool's pace
@@ -127,8 +133,11 @@ class BufferedUnreader(Unreader):
             self._pos = len(self._data)
 
 
-class _RequestStart(threading.local):
-    value: float | None = None
+class _Handling(threading.local):
+    """What the loop learnt about the request this thread handles."""
+
+    start: float | None = None
+    admitted: Any = None
 
 
 class BufferingThreadWorker(ThreadWorker):
@@ -144,7 +153,8 @@ class BufferingThreadWorker(ThreadWorker):
         fields = self.cfg.limit_request_fields * (self.cfg.limit_request_field_size + 2)
         self.max_head = self.cfg.limit_request_line + fields
         self.reading: dict[TConn, Reading] = {}
-        self._start = _RequestStart()
+        self._door: Callable[[bytes, bytes], Any] | None = None  # the app's (DOOR), once loaded
+        self._handling = _Handling()
         # Shedding at the door: a new request would wait about (requests waiting) × (time between two
         # requests taken by threads while some wait), by Little's law. When that passes ¾ of
         # max_queue_wait_ms it would likely be refused later anyway (views.py refuses what waited the whole
@@ -163,9 +173,11 @@ class BufferingThreadWorker(ThreadWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         app = self.wsgi
+        self._door = getattr(app, "extensions", {}).get(DOOR)
 
         def wsgi(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-            environ[REQUEST_START] = self._start.value or time.time()
+            environ[REQUEST_START] = self._handling.start or time.time()
+            environ[ADMITTED] = self._handling.admitted
             environ[DRAINING] = not self.alive
             return app(environ, start_response)
 
@@ -242,19 +254,35 @@ class BufferingThreadWorker(ThreadWorker):
                 conn.sock.send(_UNFRAMED)
             self._close(conn)
             return
-        with self._queue_lock:
-            shed = self._waiting * self._take_interval_s > self.door_wait_s
-            if not shed:
-                self._waiting += 1
+        shed = self._shed(conn, reading)
         if shed:
             with contextlib.suppress(OSError):  # a few hundred bytes: the socket buffer takes them at once
                 conn.sock.send(self._busy)
-            _count_shed("queue")
+            _count_shed(shed)
             self._close(conn)
             return
         conn.data_ready = True  # skip gthread's own wait for the first byte
         conn.buffered = reading  # type: ignore[attr-defined]
         super().enqueue_req(conn)
+
+    def _shed(self, conn: TConn, reading: Reading) -> str | None:
+        """Why a complete request is refused at the door ("saturated": the app's door; "queue"), or None."""
+        held = None
+        if self._door is not None:
+            method, _, rest = bytes(reading.buf[: reading.buf.find(b"\r\n")]).partition(b" ")
+            held = self._door(method, rest.partition(b" ")[0].partition(b"?")[0])
+            if held is False:
+                return "saturated"
+        with self._queue_lock:
+            queue_full = self._waiting * self._take_interval_s > self.door_wait_s
+            if not queue_full:
+                self._waiting += 1
+        if queue_full:
+            if held is not None:
+                held.close()
+            return "queue"
+        conn.admitted = held  # type: ignore[attr-defined]
+        return None
 
     def _forget(self, conn: TConn) -> None:
         self.reading.pop(conn, None)
@@ -283,6 +311,7 @@ class BufferingThreadWorker(ThreadWorker):
 
     def handle(self, conn: TConn) -> Any:
         reading: Reading | None = getattr(conn, "buffered", None)
+        admitted, conn.admitted = getattr(conn, "admitted", None), None  # type: ignore[attr-defined]
         conn.buffered = None  # type: ignore[attr-defined]
         if reading is not None:
             with self._queue_lock:
@@ -294,11 +323,14 @@ class BufferingThreadWorker(ThreadWorker):
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader = BufferedUnreader(reading.buf, conn.parser.unreader)
-            self._start.value = reading.first_byte_at
+            self._handling.start = reading.first_byte_at
+        self._handling.admitted = admitted
         try:
             return super().handle(conn)
         finally:
-            self._start.value = None
+            self._handling.start = self._handling.admitted = None
+            if admitted is not None:
+                admitted.close()
             if conn.parser is not None and isinstance(conn.parser.unreader, BufferedUnreader):
                 conn.parser.unreader.spill()
 

@@ -12,9 +12,11 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import BadRequest, ServiceUnavailable, UnsupportedMediaType
 
 from services import imaging
@@ -23,10 +25,11 @@ from services.protocol import MAX_TOP_K, Status
 from services.web import metrics
 from services.web.admission import Ticket
 from services.web.errors import raise_for_reply
-from services.web.front import DRAINING, REQUEST_START
+from services.web.front import ADMITTED, DOOR, DRAINING, REQUEST_START
 from services.web.model_client import ModelTimeout, ModelUnavailable, admission, get_client
 
 bp = Blueprint("web", __name__)
+PREDICT_PATH = "/api/v1/predict"
 
 FIELD = "image"  # the multipart field (and the <input name>) carrying the photo
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body whose type is sniffed anyway
@@ -205,8 +208,7 @@ def _admitted(read_upload: Callable[[], tuple[bytes, str]]) -> tuple[dict[str, A
     """Refuse the request before any work when it is late or the model tier is full, else classify it."""
     cfg = _cfg()
     deadline = _deadline()
-    gate = admission(cfg)
-    ticket = gate.try_acquire()
+    ticket = request.environ.get(ADMITTED) or admission(cfg).try_acquire()  # taken by the loop, or here
     if ticket is None:
         metrics.record_shed("saturated")
         raise ServiceUnavailable(_BUSY, retry_after=cfg.retry_after_s)
@@ -214,7 +216,7 @@ def _admitted(read_upload: Callable[[], tuple[bytes, str]]) -> tuple[dict[str, A
         data, filename = read_upload()
         return _classify(data, _top_k(), deadline, ticket), filename
     finally:
-        gate.release(ticket)
+        ticket.close()
 
 
 def _classify(data: bytes, top_k: int, deadline: float, ticket: Ticket) -> dict[str, Any]:
@@ -277,7 +279,22 @@ def uploader() -> Response:
     return response
 
 
-@bp.post("/api/v1/predict")
+@bp.record_once
+def _install_door(state: BlueprintSetupState) -> None:
+    """Let the worker's loop admit API classifications: a ticket before the request waits for a thread, or
+    a 503 from the loop at once, however many requests wait for threads (the form's page keeps its HTML)."""
+    gate = partial(admission, state.app.config["ZEROLENS"])
+    path = PREDICT_PATH.encode()
+
+    def door(method: bytes, target: bytes) -> Ticket | bool | None:
+        if method != b"POST" or target != path:
+            return None
+        return gate().try_acquire() or False
+
+    state.app.extensions[DOOR] = door
+
+
+@bp.post(PREDICT_PATH)
 def predict() -> Response:
     """Classify a photo (multipart field `image`, or a raw image/* body) and answer JSON."""
     result, _ = _admitted(_api_upload)

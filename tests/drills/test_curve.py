@@ -1,7 +1,7 @@
 """S1 with CurveZMQ on: strangers get nothing from a real model server, known clients are served, keys rotate.
 
-A stranger is a plaintext DEALER, a CurveZMQ client whose key is not on the allow-list, or a client that has
-a valid key but the wrong server key. Each sends requests and waits (poll with a timeout) for a reply that
+A stranger is a plaintext DEALER, a CurveZMQ client whose key is not on the allow-list, a client that has
+a valid key but the wrong server key, or a raw TCP peer that skips libzmq. Each sends requests and waits (poll with a timeout) for a reply that
 must never come; the server's request, malformed and dropped counters must not move: nothing of theirs
 reached the proxy or the pipeline. Rotation: a key directory with two client keys admits both; after the
 old key is removed and the server restarted, the old key is refused.
@@ -10,6 +10,7 @@ old key is removed and the server restarted, the old key is refused.
 from __future__ import annotations
 
 import re
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,9 @@ pytestmark = pytest.mark.integration
 
 STRANGER_WAIT_MS = 1_500  # an admitted client is answered in a few ms; a stranger gets this long to be
 FLOOD_FRAMES = 100_000  # the S1 message that costs an admitted peer's server ~20 MB of libzmq buffers
+BIG_FRAMES, BIG_FRAME = 12, 20 * 1024 * 1024  # the S1 message an admitted peer's server buffers whole
+# ZMTP 3.0 greeting of a peer that offers the NULL mechanism (no keys): signature, version, mechanism, filler
+NULL_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -96,6 +100,22 @@ def answer(sock: zmq.Socket, wait_ms: int) -> str:
     return protocol.decode_reply(sock.recv_multipart()).status.value
 
 
+def stream_raw(proc: Proc) -> int:
+    """Write a NULL greeting, then 12 frames of 20 MiB straight to the port, as a peer without libzmq would;
+    how many whole frames went out before the server hung up."""
+    frame = b"\x03" + BIG_FRAME.to_bytes(8, "big") + bytes(BIG_FRAME)  # a long frame, more to come
+    frames = 0
+    with socket.create_connection(("127.0.0.1", proc.ports["zmq"]), timeout=10) as sock:
+        try:
+            sock.sendall(NULL_GREETING)
+            for _ in range(BIG_FRAMES):
+                sock.sendall(frame)
+                frames += 1
+        except OSError:  # reset or broken pipe: the server hung up
+            pass
+    return frames
+
+
 def first_event(monitor: zmq.Socket) -> str:
     """What the client's own socket saw of the handshake (the first event)."""
     if not monitor.poll(0):
@@ -121,10 +141,13 @@ def test_strangers_get_nothing_and_reach_nothing_while_a_known_client_is_served(
         "unknown_key": dealer(ctx, model, unknown_secret, client.server),
         "wrong_server_key": dealer(ctx, model, client.secret, zmq.curve_keypair()[0]),
     }
-    # Each stranger sends requests, and one a message that costs an admitted peer's server ~20 MB.
+    # Each stranger sends requests; one sends a message of 100,000 frames (~20 MB buffered by the server of an
+    # admitted peer), one 12 frames of 20 MiB (240 MB), and a raw TCP peer streams 240 MB after a greeting.
     for sock, _ in strangers.values():
         sock.send_multipart(ping())
     strangers["plaintext"][0].send_multipart([b"x" * 16] * FLOOD_FRAMES)
+    strangers["unknown_key"][0].send_multipart([bytes(BIG_FRAME)] * BIG_FRAMES)
+    raw_frames = stream_raw(model)
     replies = {name: answer(sock, STRANGER_WAIT_MS) for name, (sock, _) in strangers.items()}
     events = {name: first_event(monitor) for name, (_, monitor) in strangers.items()}
     after_strangers, rss_after = counters(model), rss_mb(model)
@@ -149,12 +172,14 @@ def test_strangers_get_nothing_and_reach_nothing_while_a_known_client_is_served(
         unknown_key_client_saw=events["unknown_key"],
         wrong_server_key_client_saw=events["wrong_server_key"],
         counters_moved_by_strangers=int(sum(after_strangers.values()) - sum(before.values())),
-        rss_growth_after_a_strangers_100000_frames_mb=round(rss_after - rss_before, 1),
+        raw_peer_frames_of_20_mib_sent=f"{raw_frames} of {BIG_FRAMES}",
+        rss_growth_after_strangers_mb=round(rss_after - rss_before, 1),
         authorised_ok=known_answer,
     )
     assert replies == {"plaintext": "nothing", "unknown_key": "nothing", "wrong_server_key": "nothing"}
     assert after_strangers == before, "a stranger's message reached the proxy or the pipeline"
     assert rss_after - rss_before < 10, "the server buffered a stranger's message"
+    assert raw_frames < BIG_FRAMES  # hung up on at the greeting, long before 240 MB
     assert events["unknown_key"] == "refused by the authenticator" and refused_in_log
     assert known_answer == "OK"
     assert served["requests"] == before["requests"] + 1

@@ -175,13 +175,10 @@ def test_small_queue_refuses_fast_and_keeps_goodput(tmp_path, photos, drill_reco
         other_statuses=str(dict(other)) if other else "none",
     )
     assert not other, other  # only 200 and 503, at both sizes and with both kinds of client
-    # Measured 0.94-0.98 alone (target 0.9), 0.83 while other test runs loaded the box.
-    assert ratio >= 0.85
-    # Refusals: p50 14-24 ms, p99 100-110 ms, the tail the ~1 in 5 refusals that are OVERLOADED after a
-    # decode, and waits for a CPU (the 50 ms p99 target is not met here). Before, each 503 came after three
-    # OVERLOADED replies: p50 295, p99 395 ms.
-    assert percentile(polite.refused_ms, 50) <= 50
-    assert percentile(polite.refused_ms, 99) <= 300
-    assert overloaded <= 0.5 * refused  # most refusals cost no decode and no model server (before: 4.4 each)
+    assert ratio >= 0.9
+    # Nearly every refusal is the worker's loop answering at once (the process's admission limit is full),
+    # so it waits neither for a thread nor for a decode; the few OVERLOADED replies make the tail.
+    assert percentile(polite.refused_ms, 99) <= 50
+    assert overloaded <= 0.1 * refused  # refusals cost no decode and no model server (before: 4.4 each)
     assert eager_overloaded <= 0.1 * eager_refused
     assert percentile(eager.refused_ms, 50) <= 100

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+
+from bench.servers import web_server
+from tests.drills.fakes import InProcess
+from tests.drills.test_overload import counter
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +73,39 @@ def test_pipelined_and_byte_by_byte_requests_on_one_connection(stack, photos):
         answers = _responses(sock, 4)
     assert [status for status, _ in answers] == [200, 200, 200, 200]
     assert json.loads(answers[1][1])["predictions"][0]["label"] == "espresso"
+
+
+def test_a_full_admission_limit_is_refused_by_the_loop(tmp_path, photos, spawn):
+    """One request holds the model's only slot, the next is answered OVERLOADED (the process's limit falls to
+    one), and the third is refused by the worker's loop: 503 + Retry-After at once, never sent on."""
+    model = InProcess(max_queue_size=1, max_batch_size=1, max_batch_delay_ms=0)
+    try:
+        web = spawn(web_server(tmp_path, model.port, zmq_security="plaintext", web_workers=1))
+        url = f"http://127.0.0.1:{web.ports['http']}"
+        files = {"image": ("photo.jpg", photos["coffee.jpg"].data, "image/jpeg")}
+
+        def predict() -> requests.Response:
+            return requests.post(f"{url}/api/v1/predict", files=files, timeout=30)
+
+        assert predict().status_code == 200  # the input size is known, the limit is still wide open
+        model.runtime.hang()
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(predict)
+            deadline = time.monotonic() + 30
+            while model.runtime.hung_at is None and time.monotonic() < deadline:
+                threading.Event().wait(0.01)  # until the model holds it
+            overloaded = predict()
+            assert overloaded.status_code == 503 and overloaded.headers["Retry-After"] == "1"
+            refused = predict()
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert refused.headers["Connection"] == "close"  # the loop's own answer
+            model.runtime.release()
+            assert held.result().status_code == 200
+        assert predict().status_code == 200  # the slot is free again: admitted
+        web_text = requests.get(f"{url}/metrics", timeout=10).text
+        model_text = requests.get(model.url("/metrics"), timeout=10).text
+        assert counter(web_text, "zerolens_web_shed_requests_total", 'reason="saturated"') == 1
+        assert counter(model_text, "zerolens_model_refused_requests_total") == 1  # only the second
+        assert model.runtime.images == 3
+    finally:
+        model.close()

@@ -209,6 +209,29 @@ def test_full_queue_answers_overloaded_at_once(make_server, ctx, fake_runtime):
         assert reply.request_id == rid and reply.status is Status.OK
 
 
+def _until(check, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        threading.Event().wait(0.005)
+
+
+def test_replies_say_whether_the_queue_filled_while_they_were_held(make_server, ctx, fake_runtime):
+    server = make_server(max_queue_size=2, max_batch_size=1, max_batch_delay_ms=0, inference_workers=1)
+    alone = Client(ctx, server.port).call(grey_jpeg(50))
+    assert (alone.queue_depth, alone.queue_capacity) == (1, 2)  # room to spare: a client may send more
+    fake_runtime.gate.clear()
+    first, second = Client(ctx, server.port), Client(ctx, server.port)
+    first.send(grey_jpeg(50))
+    _until(lambda: server.pipeline.in_flight == 1)
+    second.send(grey_jpeg(60))
+    _until(lambda: server.pipeline.in_flight == 2)  # the queue is full
+    fake_runtime.gate.set()
+    # the first is answered while the second is still held, the second alone: both saw a full queue
+    assert [(r.queue_depth, r.queue_capacity) for r in (first.recv(), second.recv())] == [(2, 2), (2, 2)]
+    assert Client(ctx, server.port).call(grey_jpeg(70)).queue_depth == 1  # and room again afterwards
+
+
 def test_deadlines_are_checked_on_arrival_and_before_inference(make_server, ctx, fake_runtime):
     # one inference worker, so that the blocker holds it while the late request waits in the queue
     server = make_server(max_batch_size=1, max_batch_delay_ms=0, inference_workers=1)

@@ -47,15 +47,38 @@ def test_served_replies_raise_the_limit_and_one_request_always_passes() -> None:
     assert gate.limit == 2.0
 
 
+def test_a_ticket_is_given_back_once() -> None:
+    gate = Admission()
+    ticket = gate.try_acquire()
+    ticket.close()
+    ticket.close()
+    gate.release(ticket)
+    assert gate.in_flight == 0 and gate.try_acquire() is not None
+
+
 def test_limit_grows_only_while_the_server_reports_room() -> None:
     gate = Admission()
-    gate.limit = 4.0
+    gate.limit = 2.0
     full, spare = gate.try_acquire(), gate.try_acquire()
     sent = Reply("a", Status.OK, queue_depth=8, queue_capacity=8)
     said = protocol.decode_reply(protocol.encode_reply(sent))  # as it arrives
-    full.answered(said)  # it answered with every slot taken
+    full.answered(said)  # its queue filled up while the server held it
     gate.release(full)
-    assert gate.limit == 4.0
+    assert gate.limit == 2.0
+    assert gate.try_acquire() is not None  # the limit is full again
     spare.answered(Reply("b", Status.OK, queue_depth=7, queue_capacity=8))
     gate.release(spare)
+    assert gate.limit == 2.5
+
+
+def test_limit_grows_only_while_the_process_uses_all_of_it() -> None:
+    gate = Admission()
+    gate.limit = 4.0
+    alone = gate.try_acquire()  # one in flight of four allowed: the clients, not the limit, hold it back
+    alone.status = Status.OK
+    gate.release(alone)
+    assert gate.limit == 4.0
+    tickets = [gate.try_acquire() for _ in range(4)]
+    tickets[0].status = Status.OK
+    gate.release(tickets[0])
     assert gate.limit == 4.25

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from services.config import ConfigError
 from services.protocol import Status
 from services.web import create_app, model_client
-from services.web.views import REQUEST_START, parse_request_start
+from services.web.views import ADMITTED, DOOR, REQUEST_START, parse_request_start
 
 
 def post_file(client: FlaskClient, url: str, upload: Any, **kwargs: Any) -> Any:
@@ -261,7 +261,24 @@ def test_saturated_model_tier_sheds_before_decoding(app, client, fake_model, cat
     held.status = Status.OK
     gate.release(held)
     assert post_file(client, "/api/v1/predict", cat_jpeg).status_code == 200
-    assert gate.in_flight == 0 and gate.limit > 2.0  # two served replies raised it
+    assert gate.in_flight == 0 and gate.limit == 2.0  # raised by the reply that came while the limit was full
+
+
+def test_the_loops_door_admits_api_classifications_and_the_view_keeps_its_ticket(
+    app, fake_model, cat_jpeg, tiers
+):
+    door = app.extensions[DOOR]  # what the worker's loop asks before a request waits for a thread
+    gate = model_client.admission(app.config["ZEROLENS"])
+    gate.limit = 1.0
+    assert door(b"GET", b"/api/v1/predict") is None and door(b"POST", b"/uploader") is None  # not governed
+    ticket = door(b"POST", b"/api/v1/predict")
+    assert gate.in_flight == 1 and door(b"POST", b"/api/v1/predict") is False  # full: refused by the loop
+    with app.test_client() as client:  # the request the loop admitted: served on its ticket, not refused
+        response = post_file(client, "/api/v1/predict", cat_jpeg, environ_base={ADMITTED: ticket})
+    assert response.status_code == 200 and len(fake_model.calls) == 1
+    assert gate.in_flight == 0 and ticket.closed and gate.limit > 1.0  # given back with the model's answer
+    ticket.close()  # the worker closes it again after answering: nothing more happens
+    assert gate.in_flight == 0
 
 
 def test_overloaded_reply_is_a_503_and_lowers_the_admission_limit(app, client, fake_model, cat_jpeg, tiers):
