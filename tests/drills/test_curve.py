@@ -1,10 +1,10 @@
 """S1 with CurveZMQ on: strangers get nothing from a real model server, known clients are served, keys rotate.
 
 A stranger is a plaintext DEALER, a CurveZMQ client whose key is not on the allow-list, a client that has
-a valid key but the wrong server key, or a raw TCP peer that skips libzmq. Each sends requests and waits (poll with a timeout) for a reply that
-must never come; the server's request, malformed and dropped counters must not move: nothing of theirs
-reached the proxy or the pipeline. Rotation: a key directory with two client keys admits both; after the
-old key is removed and the server restarted, the old key is refused.
+a valid key but the wrong server key, or a raw TCP peer that skips libzmq. Each sends requests and waits
+(poll with a timeout) for a reply that must never come; the server's request, malformed and dropped
+counters must not move: nothing of theirs reached the proxy or the pipeline. Rotation: a key directory with
+two client keys admits both; after the old key is removed and the server restarted, the old key is refused.
 """
 
 from __future__ import annotations
