@@ -184,7 +184,7 @@ def ensure_model() -> Path:
     """The artifacts `make model` builds; built here too so the tests also run on their own."""
     if not (MODEL_DIR / "manifest.json").exists():
         subprocess.run(
-            [sys.executable, "-m", "services.model.export", "--out", str(MODEL_DIR)], cwd=ROOT, check=True
+            [sys.executable, "-m", "services.exporter", "--out", str(MODEL_DIR)], cwd=ROOT, check=True
         )
     return MODEL_DIR
 

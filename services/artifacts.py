@@ -1,7 +1,7 @@
 """What a model directory holds and how it is checked: file hashes, ImageNet labels, preprocessing per family.
 
-Shared by the exporter (which writes the directory) and the runtime (which checks and loads it); stdlib only
-at import time.
+Shared by the exporter (services/exporter, which writes the directory) and the model server's runtime (which
+checks and loads it), and so kept outside both packages; stdlib only at import time.
 """
 
 from __future__ import annotations

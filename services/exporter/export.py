@@ -1,7 +1,7 @@
 """Build the model artifacts (model.keras, model.tflite, labels.json, manifest.json) into one directory.
 
-    python -m services.model.export --out DIR [--runtime-check] [--force]
-    python -m services.model.export --out DIR --keras-application MobileNetV2   # needs the internet once
+    python -m services.exporter --out DIR [--runtime-check] [--force]
+    python -m services.exporter --out DIR --keras-application MobileNetV2   # needs the internet once
 
 The default source is the packaged EfficientNet-Lite0 checkpoint, checked against a pinned sha256 before
 it is unpickled. Everything is written to a temporary sibling directory and renamed into place, manifest
@@ -17,13 +17,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from services.model.artifacts import (
+from services import artifacts
+from services.artifacts import (
     APPLICATION_PREPROCESSING,
     MANIFEST,
     ArtifactError,
@@ -38,17 +38,21 @@ log = logging.getLogger(__name__)
 PINNED_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 MODEL_NAME = "efficientnet_lite0"
 FILES = ("model.keras", "model.tflite", "labels.json")  # what the manifest lists, each with its sha256
-_CODE_FILES = ("artifacts.py", "checkpoint.py", "efficientnet_lite.py", "export.py")
 
 
 class ExportError(RuntimeError):
     """The source is missing or not the file it should be, or the build failed its checks."""
 
 
+def _code_files() -> list[Path]:
+    """The exporter's code: every module of this package (sorted, so the hash is stable) and the artifacts
+    module it writes with. The package directory is the one list, shared with the Makefile and the image."""
+    return [*sorted(Path(__file__).parent.glob("*.py")), Path(artifacts.__file__)]
+
+
 def _code_sha256() -> str:
     """Hash of the exporter's own code: a changed converter must rebuild even if the source did not change."""
-    here = Path(__file__).parent
-    return hashlib.sha256(b"".join((here / name).read_bytes() for name in _CODE_FILES)).hexdigest()
+    return hashlib.sha256(b"".join(path.read_bytes() for path in _code_files())).hexdigest()
 
 
 def default_checkpoint() -> Path:
@@ -68,8 +72,8 @@ def _build(source: Path | None, source_sha256: str | None, application: str) -> 
         info = {"name": application.lower(), "preprocessing": APPLICATION_PREPROCESSING[application]}
         return model, {**info, "source": {"keras_application": application, "sha256": None}}
 
-    from services.model import efficientnet_lite
-    from services.model.checkpoint import read_state_dict
+    from services.exporter import efficientnet_lite
+    from services.exporter.checkpoint import read_state_dict
 
     assert source is not None
     model = efficientnet_lite.build_model()
@@ -94,14 +98,31 @@ def _to_tflite(model: Any, workdir: Path) -> bytes:
         shutil.rmtree(saved, ignore_errors=True)
 
 
+def _open_interpreter(path: Path, batch: int) -> Any:
+    """The TFLite file in the interpreter the server uses (LiteRT, else TensorFlow's), resized to `batch`.
+
+    :raise ExportError: the file is not a model the interpreter can run.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - the model extra installs ai-edge-litert
+        from tensorflow.lite.python.interpreter import Interpreter
+    try:  # LiteRT reports a bad flatbuffer or an unsupported op as ValueError or RuntimeError
+        interpreter = Interpreter(model_path=str(path), num_threads=2)
+        details = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(details["index"], [batch, *details["shape"][1:]], strict=True)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise ExportError(f"{path} cannot be loaded ({type(exc).__name__}: {exc!s:.200})") from exc
+    return interpreter
+
+
 def _runtime_check(directory: Path, model: Any, size: int) -> None:
     """The TFLite file must give what the Keras model gives, on a dynamic batch of 3."""
     import numpy as np
 
-    from services.model.runtime import open_interpreter
-
     images = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
-    interpreter = open_interpreter(directory / "model.tflite", threads=2, batch=3)
+    interpreter = _open_interpreter(directory / "model.tflite", batch=len(images))
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
     interpreter.invoke()
     tflite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
@@ -128,6 +149,50 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _checked_source(
+    source: str | Path | None, expected_sha256: str, keras_application: str
+) -> tuple[Path | None, str | None]:
+    """The checkpoint and its sha256 (None for a Keras application); only the pinned file is accepted."""
+    if keras_application:
+        if keras_application not in APPLICATION_PREPROCESSING:
+            known = ", ".join(sorted(APPLICATION_PREPROCESSING))
+            raise ExportError(f"unknown Keras application {keras_application!r}; known: {known}")
+        return None, None
+    source = Path(source) if source is not None else default_checkpoint()
+    source_sha256 = sha256_file(source)
+    if source_sha256 != expected_sha256:  # checked before unpickling: only the pinned file is ever parsed
+        raise ExportError(f"{source}: sha256 {source_sha256} does not match the pinned {expected_sha256}")
+    return source, source_sha256
+
+
+def _write_artifacts(tmp: Path, model: Any, info: dict[str, Any], runtime_check: bool) -> dict[str, Any]:
+    """Save the model both ways and the labels into tmp, check them, and write the manifest."""
+    import keras
+    import tensorflow as tf
+
+    size = int(model.input_shape[1])
+    with warnings.catch_warnings():  # Keras 3.15 saving on TF 2.21 warns once per variable; harmless
+        warnings.filterwarnings(
+            "ignore", "__array__ implementation doesn't accept a copy", DeprecationWarning
+        )
+        model.save(tmp / "model.keras")
+    (tmp / "model.tflite").write_bytes(_to_tflite(model, tmp))
+    (tmp / "labels.json").write_text(json.dumps(imagenet_labels(), indent=0), encoding="utf-8")
+    if runtime_check:
+        _runtime_check(tmp, model, size)
+    manifest = {
+        **info,
+        "input_size": size,
+        "num_classes": int(model.output_shape[-1]),
+        "files": {name: sha256_file(tmp / name) for name in FILES},
+        "keras_version": keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "exporter_sha256": _code_sha256(),
+    }
+    _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def export(
     out: str | Path,
     source: str | Path | None = None,
@@ -141,50 +206,18 @@ def export(
     :raise ExportError: wrong checksum, unknown application, or a TFLite model that disagrees with Keras.
     """
     out = Path(out)
-    if keras_application:
-        if keras_application not in APPLICATION_PREPROCESSING:
-            known = ", ".join(sorted(APPLICATION_PREPROCESSING))
-            raise ExportError(f"unknown Keras application {keras_application!r}; known: {known}")
-        source, source_sha256 = None, None
-    else:
-        source = Path(source) if source is not None else default_checkpoint()
-        source_sha256 = sha256_file(source)
-        if source_sha256 != expected_sha256:  # checked before unpickling: only the pinned file is ever parsed
-            raise ExportError(f"{source}: sha256 {source_sha256} does not match the pinned {expected_sha256}")
+    source, source_sha256 = _checked_source(source, expected_sha256, keras_application)
     if not force and _current(out, source_sha256, keras_application):
         os.utime(out / MANIFEST)  # newer than its inputs again, for make
         log.info("%s is up to date", out)
         return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
 
-    import keras
-    import tensorflow as tf
-
     model, info = _build(source, source_sha256, keras_application)
-    size = int(model.input_shape[1])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700: an image built as root must be readable by the service user
     try:
-        with warnings.catch_warnings():  # Keras 3.15 saving on TF 2.21 warns once per variable; harmless
-            warnings.filterwarnings(
-                "ignore", "__array__ implementation doesn't accept a copy", DeprecationWarning
-            )
-            model.save(tmp / "model.keras")
-        (tmp / "model.tflite").write_bytes(_to_tflite(model, tmp))
-        (tmp / "labels.json").write_text(json.dumps(imagenet_labels(), indent=0), encoding="utf-8")
-        if runtime_check:
-            _runtime_check(tmp, model, size)
-        files = {name: sha256_file(tmp / name) for name in FILES}
-        manifest = {
-            **info,
-            "input_size": size,
-            "num_classes": int(model.output_shape[-1]),
-            "files": files,
-            "keras_version": keras.__version__,
-            "tensorflow_version": tf.__version__,
-            "exporter_sha256": _code_sha256(),
-        }
-        _write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        manifest = _write_artifacts(tmp, model, info, runtime_check)
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
@@ -194,12 +227,12 @@ def export(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote %s (%s, sha256 %s…)", out, manifest["name"], files["model.tflite"][:12])
+    log.info("wrote %s (%s, sha256 %s…)", out, manifest["name"], manifest["files"]["model.tflite"][:12])
     return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m services.exporter", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", required=True, help="artifact directory, e.g. build/models/efficientnet_lite0"
     )
@@ -217,7 +250,3 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

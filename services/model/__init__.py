@@ -1,1 +1,1 @@
-"""The model server: model conversion (export), inference runtimes, batching."""
+"""The model server: inference runtimes, batching, the ZeroMQ frontend and its workers."""

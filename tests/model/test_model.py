@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from services import config, imaging
-from services.model import export
+from services.exporter import export
 from services.model.runtime import ModelError, Runtime, load_runtime, preprocess_into, warm_up
 
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
@@ -326,8 +326,8 @@ def test_the_tflite_path_never_imports_tensorflow(model_dir: str) -> None:
 
 
 def test_every_checkpoint_tensor_is_used_exactly_once() -> None:
-    from services.model import efficientnet_lite
-    from services.model.checkpoint import read_state_dict
+    from services.exporter import efficientnet_lite
+    from services.exporter.checkpoint import read_state_dict
 
     state = read_state_dict(export.default_checkpoint())
     model = efficientnet_lite.build_model()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.model import artifacts
-from services.model.artifacts import ArtifactError, read_labels, verify
+from services import artifacts
+from services.artifacts import ArtifactError, read_labels, verify
 
 LABELS = ["tench", "goldfish", "great white shark"]
 

@@ -1,4 +1,4 @@
-"""services.model.checkpoint: torch checkpoints read without torch, and hostile pickles refused."""
+"""services.exporter.checkpoint: torch checkpoints read without torch, and hostile pickles refused."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.model.checkpoint import CheckpointError, read_state_dict
+from services.exporter.checkpoint import CheckpointError, read_state_dict
 
 STORAGE_TYPES = {"<f4": "FloatStorage", "<i8": "LongStorage"}
 
