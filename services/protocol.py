@@ -113,6 +113,13 @@ class Reply:
         return self.status is Status.OK
 
 
+def tcp_endpoint(address: str, port: int) -> str:
+    """A ZeroMQ tcp endpoint for a host or IP address; IPv6 addresses go in brackets."""
+    if ":" in address:
+        return f"tcp://[{address}]:{port}"
+    return f"tcp://{address}:{port}"
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 

@@ -14,38 +14,31 @@ from services import config, keys
 from services.config import ModelConfig
 from services.model.health import HealthServer
 from services.model.metrics import ServerMetrics
+from services.model.runtime import Runtime
 from services.model.server import ModelServer
 
 log = logging.getLogger("services.model")
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+class _Bad(Exception):
+    """A start-up failure already logged in one line; the exit status says what kind."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def _settings() -> tuple[ModelConfig, keys.ServerKeys | None]:
+    """The settings and CurveZMQ keys, read before the model so that a mistake fails in a second."""
     try:
         cfg = config.load(ModelConfig)
-        if cfg.zmq_security == "curve":
-            keys.load_server_keys(cfg.curve_keys_dir)  # missing keys: fail now, not after loading the model
+        curve = keys.load_server_keys(cfg.curve_keys_dir) if cfg.zmq_security == "curve" else None
     except config.ConfigError as exc:
         log.error("bad configuration: %s", exc)
-        return 2
+        raise _Bad(2) from None
+    return cfg, curve
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: stop.set())
 
-    metrics = ServerMetrics()
-    server: ModelServer | None = None
-
-    def live() -> tuple[bool, str]:
-        return server.liveness() if server else (True, "loading the model")
-
-    def ready() -> tuple[bool, str]:
-        return server.readiness() if server else (False, "loading the model")
-
-    # The health port comes up first, so a slow model load shows as "not ready", not "dead".
-    health = HealthServer(cfg.host, cfg.health_port, live, ready, metrics.registry).start()
-    log.info("health on port %d (/livez, /readyz, /metrics)", health.port)
-
+def _load_model(cfg: ModelConfig, metrics: ServerMetrics) -> Runtime:
     from services.model.runtime import ModelError, load_runtime, warm_up  # imports TFLite or TF
 
     started = time.monotonic()
@@ -56,23 +49,15 @@ def main() -> int:
         # As for a bad setting: one line naming the file and the fix, exit 2 (a restart cannot fix it).
         # Anything else is a bug and keeps its traceback and exit 1.
         log.error("model artifacts: %s", " ".join(str(exc).split()))
-        health.stop()
-        return 2
+        raise _Bad(2) from None
     metrics.info.info({"name": cfg.model_name, "runtime": cfg.model_runtime})
     log.info("model %s (%s) loaded and warmed in %.1f s", cfg.model_name, cfg.model_runtime,
              time.monotonic() - started)  # fmt: skip
-    if stop.is_set():
-        health.stop()
-        return 0
+    return runtime
 
-    server = ModelServer(cfg, runtime, metrics)
-    try:
-        server.start()
-    except Exception as exc:
-        log.error("cannot start: %s", exc)
-        health.stop()
-        return 1
 
+def _serve_until(stop: threading.Event, server: ModelServer, cfg: ModelConfig) -> int:
+    """Serve until SIGTERM (0) or a dead core thread (1), then drain."""
     status = 0
     while not stop.wait(0.5):
         alive, reason = server.liveness()
@@ -82,9 +67,46 @@ def main() -> int:
             break
     log.info("stopping: draining for up to %.0f s", cfg.drain_timeout_s)
     server.stop(cfg.drain_timeout_s)
-    health.stop()
-    log.info("stopped")
     return status
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    metrics = ServerMetrics()
+    server: ModelServer | None = None
+
+    def live() -> tuple[bool, str]:
+        return server.liveness() if server else (True, "loading the model")
+
+    def ready() -> tuple[bool, str]:
+        return server.readiness() if server else (False, "loading the model")
+
+    try:
+        cfg, curve = _settings()
+    except _Bad as bad:
+        return bad.status
+    # The health port comes up first, so a slow model load shows as "not ready", not "dead".
+    health = HealthServer(cfg.host, cfg.health_port, live, ready, metrics.registry).start()
+    log.info("health on port %d (/livez, /readyz, /metrics)", health.port)
+    try:
+        runtime = _load_model(cfg, metrics)
+        if stop.is_set():
+            return 0
+        server = ModelServer(cfg, runtime, metrics, curve)
+        try:
+            server.start()
+        except Exception as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        return _serve_until(stop, server, cfg)
+    except _Bad as bad:
+        return bad.status
+    finally:
+        health.stop()
+        log.info("stopped")
 
 
 if __name__ == "__main__":

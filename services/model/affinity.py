@@ -1,12 +1,12 @@
 """Keep a multi-threaded invoke's threads on different CPUs (Linux; elsewhere nothing is pinned).
 
-Measured on a 2-vCPU VM: a 2-thread LiteRT invoke takes 3.8 ms back to back, but 9 ms after the server sat
-idle for 10–20 ms, with the process using one core's worth of CPU: the scheduler wakes the pool's worker
-thread onto the CPU of the thread that woke it, and the two share one core until load balancing moves one
-(milliseconds later). Pinning the pool's workers to their own CPUs, and the caller to the others for the
-length of the call, brings it back to 4.6 ms. Only worth it where the CPUs are the process's own: with a
-CPU quota smaller than the CPUs it may run on (a Kubernetes pod in the shared pool), a pinned thread could
-wait for a CPU that other pods are using, so "auto" pins only when the quota covers every allowed CPU.
+A multi-threaded LiteRT invoke slows down sharply after the server has sat idle for a moment, with the
+process using one core's worth of CPU: the scheduler wakes the pool's worker thread onto the CPU of the
+thread that woke it, and the two share one core until load balancing moves one. Pinning the pool's workers
+to their own CPUs, and the caller to the others for the length of the call, brings back the speed of
+back-to-back invokes. Only worth it where the CPUs are the process's own: with a CPU quota smaller than
+the CPUs it may run on (a Kubernetes pod in the shared pool), a pinned thread could wait for a CPU that
+other pods are using, so "auto" pins only when the quota covers every allowed CPU.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class _Item:
     enqueued: float
 
 
-BatchObserver = Callable[[int, float, Sequence[float]], None]  # (batch size, inference s, queue s per item)
+BatchObserver = Callable[[int, float], None]  # (batch size, inference s), once per predict_batch call
 
 
 class Batcher(Generic[In, Out]):
@@ -100,9 +100,6 @@ class Batcher(Generic[In, Out]):
 
     def is_alive(self) -> bool:
         return all(thread.is_alive() for thread in self._threads)
-
-    def qsize(self) -> int:
-        return len(self._queue)
 
     def longest_call_s(self) -> float:
         """How long the oldest predict_batch call still running has been running (0 when none runs)."""
@@ -183,8 +180,7 @@ class Batcher(Generic[In, Out]):
         finally:
             del self._running_since[me]
         inference_s = time.monotonic() - start
-        queue_times = [start - item.enqueued for item in live]
-        for item, output, queue_s in zip(live, outputs, queue_times, strict=True):
-            item.future.set_result(BatchResult(output, len(live), queue_s, inference_s))
+        for item, output in zip(live, outputs, strict=True):
+            item.future.set_result(BatchResult(output, len(live), start - item.enqueued, inference_s))
         if self._observer is not None:
-            self._observer(len(live), inference_s, queue_times)
+            self._observer(len(live), inference_s)

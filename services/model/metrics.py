@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Latency buckets from 1 ms to 10 s: batching trades a few ms, overload shows up in the seconds.
@@ -53,7 +51,7 @@ class ServerMetrics:
         )
         self.ready = Gauge("zerolens_model_ready", "1 when the model is warm and the workers run", registry=r)
 
-    def observe_batch(self, size: int, inference_s: float, queue_s: Sequence[float]) -> None:
+    def observe_batch(self, size: int, inference_s: float) -> None:
         """Batcher observer: one call per model call."""
         self.batch_size.observe(size)
         self.inference_seconds.observe(inference_s)

@@ -1,8 +1,9 @@
 """A request's path through the model server: admit → decode (thread pool) → batch → top-k → reply.
 
-No sockets here: a worker hands in a parsed Request and a callback, and gets its Reply either at once
-(refusals) or later, from a decoder or the batcher thread. Decoding happens per request before batching
-(TF Serving's advice), so one corrupt JPEG fails alone and decoding overlaps with inference.
+No sockets here: a worker hands in a parsed Request and a callback, and the pipeline answers through that
+callback exactly once, at once (refusals, ping) or later, from a decoder or the batcher thread. Decoding
+happens per request before batching (TF Serving's advice), so one corrupt JPEG fails alone and decoding
+overlaps with inference.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 
@@ -22,18 +22,12 @@ from services.config import ModelConfig
 from services.model.batcher import Batcher, BatcherStopped, BatchResult, DeadlineExceeded, QueueFull
 from services.model.metrics import ServerMetrics
 from services.model.preprocess import decode_image
+from services.model.runtime import Runtime
 from services.protocol import ENCODING_RGB8, OP_PING, Prediction, Reply, Request, Status
 
 log = logging.getLogger(__name__)
 
 ReplyCallback = Callable[[Reply], None]
-
-
-class Runtime(Protocol):
-    name: str
-    labels: list[str]
-
-    def predict_batch(self, images: np.ndarray) -> np.ndarray: ...
 
 
 def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
@@ -44,6 +38,111 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Predicti
     return [Prediction(labels[i], int(i), float(probabilities[i])) for i in best]
 
 
+class _Admission:
+    """The requests admitted and not yet answered: in all, per client, and how many are being decoded."""
+
+    def __init__(self, cfg: ModelConfig, metrics: ServerMetrics) -> None:
+        self._cfg = cfg
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.filled = 0  # times in_flight reached max_queue_size
+        self.decoding = 0  # admitted requests in the decoder pool: the batcher waits for these only
+        # Admitted requests per client (routing id); a client leaves the map with its last request, so it
+        # never holds more than max_queue_size entries however many peers come and go.
+        self._per_client: dict[bytes, int] = {}
+
+    def clients(self) -> int:
+        return len(self._per_client)
+
+    def admit(self, client: bytes) -> str | None:
+        """Count the request in, or say why not (the queue or this client's share is full)."""
+        cfg = self._cfg
+        with self._lock:
+            if self.in_flight >= cfg.max_queue_size:
+                reason, why = "queue_full", f"queue full ({cfg.max_queue_size} requests in flight)"
+            elif (held := self._per_client.get(client, 0)) >= cfg.max_in_flight_per_client:
+                reason = "client_limit"
+                why = f"this client has {held} requests in flight (limit {cfg.max_in_flight_per_client})"
+            else:
+                self.in_flight += 1
+                self._per_client[client] = held + 1
+                reason = ""
+                if self.in_flight == cfg.max_queue_size:
+                    self.filled += 1
+        if reason:
+            self._metrics.refused.labels(reason).inc()
+            return why
+        self._metrics.in_flight.inc()
+        return None
+
+    def release(self, client: bytes) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            held = self._per_client.pop(client) - 1
+            if held:
+                self._per_client[client] = held
+        self._metrics.in_flight.dec()
+
+    def count_decoding(self, change: int) -> None:
+        with self._lock:
+            self.decoding += change
+
+
+class _Job:
+    """One request on its way through the pipeline (admit → decode → batch → reply), answered exactly once.
+
+    It carries what the later stages need (as Ray Serve's _SingleRequest does), so each stage takes the job,
+    and `answer` is the only way out: it gives back what the job holds, then calls the worker's callback.
+    """
+
+    def __init__(self, request: Request, received: float, client: bytes, done: ReplyCallback) -> None:
+        self.request = request
+        self.received = received  # time.monotonic() at receipt
+        self.remaining_s = request.remaining_s()
+        self.deadline = received + self.remaining_s
+        self.client = client  # the peer's routing id, for the per-client bound
+        self.waited_s = 0.0  # receipt → a decoder took it (0 for pixels decoded by the client)
+        self.preprocess_s = 0.0
+        self._done = done
+        self._admission: _Admission | None = None  # set once admitted
+        self._filled_at = 0  # admission.filled when admitted
+        self._decoding = False
+        self._answered = False
+
+    def admit(self, admission: _Admission) -> str | None:
+        """Take a place in the queue, or say why there is none."""
+        filled = admission.filled  # read first: the request that fills the queue saw it full too
+        refusal = admission.admit(self.client)
+        if refusal is None:
+            self._admission, self._filled_at = admission, filled
+        return refusal
+
+    def set_decoding(self, decoding: bool) -> None:
+        """Count the job among those in the decoder pool, or stop counting it; answering stops it too."""
+        if self._admission is not None and decoding != self._decoding:
+            self._decoding = decoding
+            self._admission.count_decoding(1 if decoding else -1)
+
+    def fail(self, status: Status, error: str) -> None:
+        self.answer(Reply(self.request.request_id, status, error))
+
+    def answer(self, reply: Reply) -> None:
+        """Give back the admission slot, then hand the reply to the worker's callback."""
+        if self._answered:
+            raise RuntimeError(f"request {self.request.request_id} answered twice")
+        self._answered = True
+        admission = self._admission
+        if admission is not None:
+            self.set_decoding(False)
+            admission.release(self.client)
+            # the queue drains and refills with each batch: report it full if it filled at any moment while
+            # this request was held, so a client grows its share only into room that lasted
+            if reply.queue_capacity and admission.filled != self._filled_at:
+                reply = dataclasses.replace(reply, queue_depth=reply.queue_capacity)
+        self._done(reply)
+
+
 class Pipeline:
     """Owns the decoder pool and the batcher; bounded by max_queue_size admitted requests in all and by
     max_in_flight_per_client per client."""
@@ -52,6 +151,7 @@ class Pipeline:
         self._cfg = cfg
         self._runtime = runtime
         self._metrics = metrics
+        self._admission = _Admission(cfg, metrics)
         self._decoders = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
         self.batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
             self._predict,
@@ -59,16 +159,9 @@ class Pipeline:
             max_batch_delay_ms=cfg.max_batch_delay_ms,
             max_queue_size=cfg.max_queue_size,
             observer=metrics.observe_batch,
-            pending=lambda: self._decoding,
+            pending=lambda: self._admission.decoding,
             threads=cfg.inference_workers,
         )
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self._filled = 0  # times the queue became full
-        # Admitted requests per client (routing id); a client leaves the map with its last request, so it
-        # never holds more than max_queue_size entries however many peers come and go.
-        self._per_client: dict[bytes, int] = {}
-        self._decoding = 0  # admitted requests in the decoder pool: the batcher waits for these only
         self.draining = False
 
     def start(self) -> Pipeline:
@@ -77,53 +170,39 @@ class Pipeline:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        """Requests admitted and not yet answered."""
+        return self._admission.in_flight
+
+    def clients(self) -> int:
+        """Clients with a request in flight."""
+        return self._admission.clients()
 
     def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return list(self._runtime.predict_batch(np.stack(images)))
 
-    def clients(self) -> int:
-        """Clients with a request in flight."""
-        return len(self._per_client)
-
-    def _admit(self, client: bytes) -> str | None:
-        """Count the request in, or say why not (the queue or this client's share is full)."""
-        cfg = self._cfg
-        with self._lock:
-            if self._in_flight >= cfg.max_queue_size:
-                reason, why = "queue_full", f"queue full ({cfg.max_queue_size} requests in flight)"
-            elif (held := self._per_client.get(client, 0)) >= cfg.max_in_flight_per_client:
-                reason = "client_limit"
-                why = f"this client has {held} requests in flight (limit {cfg.max_in_flight_per_client})"
-            else:
-                self._in_flight += 1
-                self._per_client[client] = held + 1
-                reason = ""
-                if self._in_flight == cfg.max_queue_size:
-                    self._filled += 1
-        if reason:
-            self._metrics.refused.labels(reason).inc()
-            return why
-        self._metrics.in_flight.inc()
-        return None
-
-    def _release(self, client: bytes) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            held = self._per_client.pop(client) - 1
-            if held:
-                self._per_client[client] = held
-        self._metrics.in_flight.dec()
-
-    def handle(
-        self, request: Request, received: float, done: ReplyCallback, client: bytes = b""
-    ) -> Reply | None:
-        """Answer now (refusals, ping) by returning a Reply, or return None and call `done` later once.
+    def handle(self, request: Request, received: float, done: ReplyCallback, client: bytes = b"") -> None:
+        """Answer `request` through `done`, exactly once: before returning (refusals, ping) or later.
 
         `received` is time.monotonic() at receipt. `done` may run on another thread. `client` names the
         peer (its routing id) for the per-client bound.
         """
-        rid = request.request_id
+        job = _Job(request, received, client, done)
+        if (reply := self._answer_now(job)) is not None:
+            return job.answer(reply)
+        if (refusal := job.admit(self._admission)) is not None:
+            return job.fail(Status.OVERLOADED, refusal)
+        if request.encoding == ENCODING_RGB8:  # decoded by the client: straight to the batcher, no copy
+            return self._enqueue(job, np.frombuffer(request.image, np.uint8).reshape(request.shape))
+        job.set_decoding(True)  # before it is queued for a decoder, so the batcher knows it is coming
+        try:
+            decoding = self._decoders.submit(self._decode, job)
+        except RuntimeError:  # pool shut down
+            return job.fail(Status.OVERLOADED, "server is stopping")
+        decoding.add_done_callback(lambda f: self._decoded(f, job))
+
+    def _answer_now(self, job: _Job) -> Reply | None:
+        """The reply that needs neither a place in the queue nor the model (refusals, ping), if any."""
+        request, rid = job.request, job.request.request_id
         if self.draining:
             self._metrics.refused.labels("draining").inc()
             return Reply(rid, Status.OVERLOADED, "server is draining; try another")
@@ -138,8 +217,7 @@ class Pipeline:
             )
         if request.encoding == ENCODING_RGB8 and request.shape != (size, size, 3):
             return Reply(rid, Status.BAD_REQUEST, f"rgb8 pixels must be {size}×{size}×3, got {request.shape}")
-        remaining_s = request.remaining_s()
-        if remaining_s <= 0:
+        if job.remaining_s <= 0:
             return Reply(rid, Status.DEADLINE_EXCEEDED, "deadline passed before the request arrived")
         if len(request.image) > self._cfg.max_upload_bytes:
             return Reply(
@@ -147,117 +225,69 @@ class Pipeline:
                 Status.TOO_LARGE,
                 f"image is {len(request.image)} bytes; limit {self._cfg.max_upload_bytes}",
             )
-        filled = self._filled  # read first: the request that fills the queue saw it full too
-        if (refusal := self._admit(client)) is not None:
-            return Reply(rid, Status.OVERLOADED, refusal)
-        deadline = received + remaining_s
-
-        def finish(reply: Reply) -> None:
-            self._release(client)
-            # the queue drains and refills with each batch: report it full if it filled at any moment while
-            # this request was held, so a client grows its share only into room that lasted
-            if reply.queue_capacity and self._filled != filled:
-                reply = dataclasses.replace(reply, queue_depth=reply.queue_capacity)
-            done(reply)
-
-        if request.encoding == ENCODING_RGB8:  # decoded by the client: straight to the batcher, no copy
-            image = np.frombuffer(request.image, np.uint8).reshape(request.shape)
-            self._enqueue(image, request, received, deadline, 0.0, 0.0, finish)
-            return None
-        try:
-            with self._lock:
-                self._decoding += 1
-            decoding = self._decoders.submit(self._decode, request, deadline)
-        except RuntimeError:  # pool shut down
-            with self._lock:
-                self._decoding -= 1
-            self._release(client)
-            return Reply(rid, Status.OVERLOADED, "server is stopping")
-        decoding.add_done_callback(lambda f: self._decoded(f, request, received, deadline, finish))
         return None
 
-    def _decode(self, request: Request, deadline: float) -> tuple[np.ndarray, float, float]:
+    def _decode(self, job: _Job) -> np.ndarray:
+        """Runs on a decoder thread."""
         start = time.monotonic()
-        if start >= deadline:
+        if start >= job.deadline:
             raise DeadlineExceeded("deadline passed while waiting for a decoder")
         cfg = self._cfg
-        image = decode_image(request.image, cfg.input_size, cfg.crop_fraction, cfg)  # cfg holds the limits
-        return image, start, time.monotonic() - start
+        image = decode_image(
+            job.request.image, cfg.input_size, cfg.crop_fraction, cfg
+        )  # cfg holds the limits
+        job.waited_s, job.preprocess_s = start - job.received, time.monotonic() - start
+        return image
 
-    def _decoded(
-        self, decoding: Future, request: Request, received: float, deadline: float, finish: ReplyCallback
-    ) -> None:
-        with self._lock:
-            self._decoding -= 1
-        rid = request.request_id
+    def _decoded(self, decoding: Future[np.ndarray], job: _Job) -> None:
+        job.set_decoding(False)  # before it reaches the batcher, which would otherwise wait for it
         try:
-            image, decode_start, preprocess_s = decoding.result()
+            image = decoding.result()
         except imaging.ImageError as exc:
-            return finish(Reply(rid, Status.BAD_IMAGE, str(exc)))
+            return job.fail(Status.BAD_IMAGE, str(exc))
         except DeadlineExceeded as exc:
-            return finish(Reply(rid, Status.DEADLINE_EXCEEDED, str(exc)))
+            return job.fail(Status.DEADLINE_EXCEEDED, str(exc))
         except Exception:
-            log.exception("request %s: decoding failed", rid)
-            return finish(Reply(rid, Status.INTERNAL, "decoding failed"))
-        self._metrics.preprocess_seconds.observe(preprocess_s)
-        self._enqueue(image, request, received, deadline, decode_start - received, preprocess_s, finish)
+            log.exception("request %s: decoding failed", job.request.request_id)
+            return job.fail(Status.INTERNAL, "decoding failed")
+        self._metrics.preprocess_seconds.observe(job.preprocess_s)
+        self._enqueue(job, image)
 
-    def _enqueue(
-        self,
-        image: np.ndarray,
-        request: Request,
-        received: float,
-        deadline: float,
-        waited_s: float,
-        preprocess_s: float,
-        finish: ReplyCallback,
-    ) -> None:
+    def _enqueue(self, job: _Job, image: np.ndarray) -> None:
         """Hand a decoded image to the batcher; the reply is built when its batch has run."""
         try:
-            batching = self.batcher.submit(image, deadline)
+            batching = self.batcher.submit(image, job.deadline)
         except (QueueFull, BatcherStopped) as exc:
-            return finish(Reply(request.request_id, Status.OVERLOADED, str(exc)))
-        batching.add_done_callback(
-            lambda f: self._inferred(f, request, received, waited_s, preprocess_s, finish)
-        )
+            return job.fail(Status.OVERLOADED, str(exc))
+        batching.add_done_callback(lambda f: self._inferred(f, job))
 
-    def _inferred(
-        self,
-        batching: Future,
-        request: Request,
-        received: float,
-        waited_s: float,
-        preprocess_s: float,
-        finish: ReplyCallback,
-    ) -> None:
-        rid = request.request_id
+    def _inferred(self, batching: Future[BatchResult[np.ndarray]], job: _Job) -> None:
         try:
-            result: BatchResult[np.ndarray] = batching.result()
+            result = batching.result()
         except DeadlineExceeded as exc:
-            return finish(Reply(rid, Status.DEADLINE_EXCEEDED, str(exc)))
+            return job.fail(Status.DEADLINE_EXCEEDED, str(exc))
         except BatcherStopped as exc:
-            return finish(Reply(rid, Status.OVERLOADED, str(exc)))
+            return job.fail(Status.OVERLOADED, str(exc))
         except Exception as exc:
-            return finish(Reply(rid, Status.INTERNAL, f"inference failed: {type(exc).__name__}"))
-        queue_s = waited_s + result.queue_s
+            return job.fail(Status.INTERNAL, f"inference failed: {type(exc).__name__}")
+        queue_s = job.waited_s + result.queue_s
         self._metrics.queue_seconds.observe(queue_s)
         timings_ms = {
             "queue": queue_s * 1000,
-            "preprocess": preprocess_s * 1000,
+            "preprocess": job.preprocess_s * 1000,
             "inference": result.inference_s * 1000,
-            "total": (time.monotonic() - received) * 1000,
+            "total": (time.monotonic() - job.received) * 1000,
         }
-        predictions = top_k(result.output, self._runtime.labels, request.top_k)
-        finish(
+        job.answer(
             Reply(
-                rid,
+                job.request.request_id,
                 Status.OK,
                 None,
-                predictions,
+                top_k(result.output, self._runtime.labels, job.request.top_k),
                 timings_ms,
                 result.batch_size,
                 self._runtime.name,
-                queue_depth=self._in_flight,  # see finish(): the web tier's admission grows only into room
+                queue_depth=self.in_flight,  # see _Job.answer: the web tier's admission grows only into room
                 queue_capacity=self._cfg.max_queue_size,
             )
         )
@@ -266,9 +296,9 @@ class Pipeline:
         """Refuse new work and wait for what is in flight; True when everything finished in time."""
         self.draining = True
         end = time.monotonic() + timeout_s
-        while self._in_flight > 0 and time.monotonic() < end:
+        while self.in_flight > 0 and time.monotonic() < end:
             time.sleep(0.01)
-        return self._in_flight == 0
+        return self.in_flight == 0
 
     def close(self) -> None:
         self.batcher.stop(timeout=5)

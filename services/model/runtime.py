@@ -1,7 +1,8 @@
 """Inference runtimes (TFLite or Keras): a uint8 image batch in, class probabilities out.
 
-This and export.py are the only modules that import TensorFlow or LiteRT, and they do so inside functions:
-the tflite path needs only ai-edge-litert (fast to import), never TensorFlow (seconds).
+This and the build-time exporter (services/exporter) are the only code that imports TensorFlow or LiteRT.
+Here it happens inside functions: the tflite path needs only ai-edge-litert (fast to import), never
+TensorFlow (seconds).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from services import artifacts
+from services.artifacts import APPLICATION_PREPROCESSING, REBUILD, imagenet_labels
 from services.config import ModelConfig
-from services.model import affinity, artifacts
-from services.model.artifacts import APPLICATION_PREPROCESSING, REBUILD, imagenet_labels
+from services.model import affinity
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 
 
 class Runtime(Protocol):
+    """What the model server needs of a model; defined here, where importing it loads no TensorFlow."""
+
     name: str
     input_size: int
     labels: list[str]
@@ -100,16 +104,15 @@ class TFLiteRuntime:
     """Interpreters allocated once, one per allowed batch size; a batch runs as chunks of those sizes.
 
     A batch of 7 runs as 4 + 2 + 1, never padded to 8: on a CPU the cost per image does not fall with the
-    batch size (1 thread on 2 cores: 7.5 core-ms at 1, 7.8 at 4, 8.7 at 16), so padding is pure waste.
+    batch size, so padding is pure waste.
 
     Threads: `inference_workers` batches run at once, each with its own set of `batch_inference_threads`
     interpreters: under load one single-threaded invoke per core wastes nothing, while a multi-threaded
     invoke stalls whenever one of its threads is descheduled (decoders want the cores too). A single image
     that arrives while no other inference runs takes the one `inference_threads` interpreter instead: an
-    idle server answers fastest (4 ms instead of 7.5 with 2 threads).
+    idle server answers a lone image fastest with several threads on it.
 
-    Invoke releases the GIL (measured on 2 cores: a pure-Python counting thread kept 77 % of its solo speed
-    while batches of 16 ran beside it, the rest lost to CPU contention), so decoding overlaps inference.
+    Invoke releases the GIL, so decoding overlaps inference.
     """
 
     def __init__(self, name: str, path: Path, labels: list[str], cfg: ModelConfig) -> None:
@@ -191,7 +194,8 @@ class TFLiteRuntime:
 
 
 class KerasRuntime:
-    """The Keras model behind one traced function with a dynamic batch (model.predict costs 60–100 ms)."""
+    """The Keras model behind one traced function with a dynamic batch (model.predict's fixed cost per call
+    would outweigh a small batch's inference)."""
 
     def __init__(self, name: str, model: Any, labels: list[str], cfg: ModelConfig) -> None:
         import keras

@@ -14,16 +14,16 @@ import threading
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from services import keys
+from services import keys, protocol
 from services.config import ModelConfig
 from services.model.metrics import ServerMetrics
-from services.model.pipeline import Pipeline, Runtime
+from services.model.pipeline import Pipeline
+from services.model.runtime import Runtime
 from services.model.worker import Worker
 
 log = logging.getLogger(__name__)
 
 BACKEND = "inproc://zerolens-backend"
-HEARTBEAT_IVL_MS = 1000  # ZMTP pings to clients: a vanished web pod's queues are freed after ~3 s
 # An inference call running longer than inference_timeout_s makes the server unready; this many times longer,
 # it is taken as hung for good (a call into the runtime cannot be interrupted) and liveness fails: restart.
 HUNG_AFTER_TIMEOUTS = 6
@@ -40,16 +40,18 @@ def max_message_bytes(cfg: ModelConfig) -> int:
     return max_frame_bytes(cfg) + MESSAGE_MARGIN_BYTES
 
 
-def frontend_endpoint(host: str, port: int) -> str:
-    if ":" in host:  # IPv6 literal
-        return f"tcp://[{host}]:{port}"
-    return f"tcp://{host}:{port}"
-
-
 class ModelServer:
     """Starts the proxy, the workers and the pipeline; `readiness` and `liveness` feed the health port."""
 
-    def __init__(self, cfg: ModelConfig, runtime: Runtime, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        runtime: Runtime,
+        metrics: ServerMetrics,
+        curve_keys: keys.ServerKeys | None = None,
+    ) -> None:
+        """`curve_keys`: the keys already read (python -m services.model reads them before loading the
+        model, to fail fast); read from cfg at start when not given."""
         self.cfg = cfg
         self.metrics = metrics
         self.context = zmq.Context()
@@ -60,7 +62,7 @@ class ModelServer:
         self._bind_error: Exception | None = None
         self._proxy = threading.Thread(target=self._run_proxy, name="proxy", daemon=True)
         self._started = False
-        self._curve: keys.ServerKeys | None = None
+        self._curve = curve_keys
         self._auth: ThreadAuthenticator | None = None
 
     def _run_proxy(self) -> None:
@@ -69,8 +71,9 @@ class ModelServer:
         backend = self.context.socket(zmq.DEALER)
         for sock in (frontend, backend):
             sock.linger = 0  # replies left at shutdown go to clients that will retry anyway
-        frontend.heartbeat_ivl = HEARTBEAT_IVL_MS
-        frontend.heartbeat_timeout = 3 * HEARTBEAT_IVL_MS
+        # ZMTP pings to clients: a vanished web pod's queues are freed after ~3 intervals
+        frontend.heartbeat_ivl = self.cfg.heartbeat_ivl_ms
+        frontend.heartbeat_timeout = 3 * self.cfg.heartbeat_ivl_ms
         # A bigger frame is refused and its connection cut before it takes memory. This bounds frames, not
         # messages: libzmq buffers every frame of a multipart message before delivering it, however many
         # there are; the workers drop what is over max_message_bytes once it arrives (docs/protocol.md).
@@ -84,7 +87,7 @@ class ModelServer:
             keys.make_server(frontend, self._curve)  # before bind: the mechanism is fixed at bind
         try:
             backend.bind(BACKEND)  # bound before the workers connect
-            frontend.bind(frontend_endpoint(self.cfg.host, self.cfg.port))
+            frontend.bind(protocol.tcp_endpoint(self.cfg.host, self.cfg.port))
             if self.cfg.port == 0:  # tests ask for any free port
                 self.port = int(frontend.last_endpoint.decode().rsplit(":", 1)[1])
         except zmq.ZMQError as exc:
@@ -110,7 +113,7 @@ class ModelServer:
         :raise ConfigError: CurveZMQ keys missing or bad. :raise zmq.ZMQError: when the port is taken.
         """
         try:
-            self._curve = keys.server_keys(self.cfg)
+            self._curve = self._curve or keys.server_keys(self.cfg)
         except Exception:
             self.context.term()
             raise
@@ -138,7 +141,7 @@ class ModelServer:
         log.info(
             "serving %s on %s (%d workers, %d decoders, batches up to %d within %.1f ms)",
             self.cfg.model_name,
-            frontend_endpoint(self.cfg.host, self.port),
+            protocol.tcp_endpoint(self.cfg.host, self.port),
             self.cfg.workers,
             self.cfg.decode_threads,
             self.cfg.max_batch_size,

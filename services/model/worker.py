@@ -133,15 +133,22 @@ class Worker(threading.Thread):
                 worker, envelope, Reply(protocol.peek_request_id(body), exc.status, str(exc)), received
             )
             return
+
+        answered_now: list[Reply] = []  # refusals and pings, answered before handle() returns
+
+        def answer(reply: Reply) -> None:
+            if threading.current_thread() is self:
+                answered_now.append(reply)  # sent below, without a round through the outbox
+            else:  # from a decoder or the batcher thread: only this thread may use its socket
+                self._post(envelope, reply, received)
+
         try:
             # The routing id the ROUTER prepended (first frame) names the peer for the per-client bound.
-            reply = self._pipeline.handle(
-                request, received, lambda r: self._post(envelope, r, received), bytes(envelope[0])
-            )
+            self._pipeline.handle(request, received, answer, bytes(envelope[0]))
         except Exception:
             log.exception("%s: request %s failed", self.name, request.request_id)
-            reply = Reply(request.request_id, Status.INTERNAL, "internal error")
-        if reply is not None:
+            answered_now.append(Reply(request.request_id, Status.INTERNAL, "internal error"))
+        for reply in answered_now:
             self._send(worker, envelope, reply, received)
 
     def _flush(self, worker: zmq.Socket) -> None:

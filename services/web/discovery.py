@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from services import protocol
+
 log = logging.getLogger(__name__)
 
 # A resolver maps (host, port) to IP address strings; injected in tests so they need no DNS.
@@ -67,13 +69,6 @@ def parse(spec: str) -> list[Target]:
     return targets
 
 
-def format_endpoint(address: str, port: int) -> str:
-    """A ZeroMQ tcp endpoint for an IP address; IPv6 addresses go in brackets."""
-    if ":" in address:
-        return f"tcp://[{address}]:{port}"
-    return f"tcp://{address}:{port}"
-
-
 def resolve_host(host: str, port: int) -> list[str]:
     """Every IPv4 and IPv6 address of host, in resolver order, without duplicates.
 
@@ -91,7 +86,7 @@ def resolve(targets: Iterable[Target], resolver: Resolver = resolve_host) -> fro
     endpoints: set[str] = set()
     for target in targets:
         addresses = [target.host] if target.is_literal else resolver(target.host, target.port)
-        endpoints.update(format_endpoint(address, target.port) for address in addresses)
+        endpoints.update(protocol.tcp_endpoint(address, target.port) for address in addresses)
     return frozenset(endpoints)
 
 

@@ -77,12 +77,13 @@ def wants_json() -> bool:
     return request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json"
 
 
-def _human_bytes(size: int) -> str:
-    for unit in ("bytes", "KB", "MB"):
-        if size < 1024 or unit == "MB":
-            return f"{size:.3g} {unit}" if size < 100 else f"{size:.0f} {unit}"
-        size /= 1024
-    return ""  # unreachable
+def _human_bytes(size: float) -> str:
+    unit = "bytes"
+    for bigger in ("KB", "MB"):  # MB is the largest unit: larger sizes stay in MB
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.3g} {unit}" if size < 100 else f"{size:.0f} {unit}"
 
 
 def _describe(e: HTTPException) -> str:

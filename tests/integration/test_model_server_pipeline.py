@@ -35,15 +35,27 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = 0  # calls that reached the model, held at the gate while it is closed
+        self._lock = threading.Lock()
         self.batch_sizes: list[int] = []
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.entered += 1
         self.gate.wait(30)
         self.batch_sizes.append(len(images))
         out = np.full((len(images), 10), 0.01, dtype=np.float32)
         for row, image in zip(out, images, strict=True):
             row[int(image.mean()) // 26] = 0.91
         return out
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    """Poll a condition on the server's state (no fixed sleeps)."""
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        threading.Event().wait(0.005)
 
 
 def grey_jpeg(level: int, size: int = 320) -> bytes:
@@ -198,7 +210,7 @@ def test_full_queue_answers_overloaded_at_once(make_server, ctx, fake_runtime):
     fake_runtime.gate.clear()
     clients = [Client(ctx, server.port) for _ in range(5)]
     held = [c.send(grey_jpeg(50)) for c in clients[:2]]
-    time.sleep(0.3)  # both admitted
+    wait_until(lambda: server.pipeline.in_flight == 2)  # both admitted: the queue is full
     started = time.monotonic()
     refused = [c.call(grey_jpeg(50)) for c in clients[2:]]
     assert all(r.status is Status.OVERLOADED for r in refused)
@@ -209,13 +221,6 @@ def test_full_queue_answers_overloaded_at_once(make_server, ctx, fake_runtime):
         assert reply.request_id == rid and reply.status is Status.OK
 
 
-def _until(check, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        threading.Event().wait(0.005)
-
-
 def test_replies_say_whether_the_queue_filled_while_they_were_held(make_server, ctx, fake_runtime):
     server = make_server(max_queue_size=2, max_batch_size=1, max_batch_delay_ms=0, inference_workers=1)
     alone = Client(ctx, server.port).call(grey_jpeg(50))
@@ -223,9 +228,9 @@ def test_replies_say_whether_the_queue_filled_while_they_were_held(make_server, 
     fake_runtime.gate.clear()
     first, second = Client(ctx, server.port), Client(ctx, server.port)
     first.send(grey_jpeg(50))
-    _until(lambda: server.pipeline.in_flight == 1)
+    wait_until(lambda: server.pipeline.in_flight == 1)
     second.send(grey_jpeg(60))
-    _until(lambda: server.pipeline.in_flight == 2)  # the queue is full
+    wait_until(lambda: server.pipeline.in_flight == 2)  # the queue is full
     fake_runtime.gate.set()
     # the first is answered while the second is still held, the second alone: both saw a full queue
     assert [(r.queue_depth, r.queue_capacity) for r in (first.recv(), second.recv())] == [(2, 2), (2, 2)]
@@ -240,9 +245,11 @@ def test_deadlines_are_checked_on_arrival_and_before_inference(make_server, ctx,
     fake_runtime.gate.clear()
     blocker, late = Client(ctx, server.port), Client(ctx, server.port)
     blocker.send(grey_jpeg(50))
-    time.sleep(0.2)
+    wait_until(lambda: fake_runtime.entered == 1)  # the blocker holds the only inference worker
+    sent = time.monotonic()
     late.send(grey_jpeg(60), timeout_ms=300)
-    time.sleep(0.6)
+    wait_until(lambda: server.pipeline.in_flight == 2)  # the late one is admitted and waits
+    wait_until(lambda: time.monotonic() > sent + 0.35)  # until its deadline has passed
     fake_runtime.gate.set()
     assert blocker.recv().status is Status.OK
     assert late.recv().status is Status.DEADLINE_EXCEEDED
@@ -266,11 +273,11 @@ def test_drain_finishes_in_flight_work_and_refuses_new(ctx, fake_runtime, curve_
     fake_runtime.gate.clear()
     inflight = Client(ctx, server.port)
     rid = inflight.send(grey_jpeg(80))
-    time.sleep(0.3)
+    wait_until(lambda: fake_runtime.entered == 1)  # held inside the model
     stopper = threading.Thread(target=server.stop, args=(10,))
     stopper.start()
-    time.sleep(0.2)
-    assert not server.readiness()[0]
+    wait_until(lambda: server.pipeline.draining)
+    assert server.readiness() == (False, "draining")
     refused = Client(ctx, server.port).call(grey_jpeg(80))
     assert refused.status is Status.OVERLOADED and "draining" in refused.error
     fake_runtime.gate.set()
@@ -309,14 +316,6 @@ def test_decoded_pixels_skip_the_decoder_and_wrong_shapes_are_refused(make_serve
     )
     ping = client.recv()
     assert (ping.input_size, ping.crop_fraction) == (32, 0.875)
-
-
-def wait_until(condition, timeout_s: float = 5.0) -> None:
-    """Poll a condition on the server's state (no fixed sleeps)."""
-    end = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        threading.Event().wait(0.005)
 
 
 def test_a_client_over_its_share_is_refused_alone(make_server, ctx, fake_runtime):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -17,73 +18,81 @@ class Recorder:
         self.batches: list[list[int]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.called = threading.Event()  # set once a batch has reached the model
 
     def __call__(self, items: list[int]) -> list[int]:
+        self.called.set()
         self.gate.wait(10)
         self.batches.append(list(items))
         return [2 * x for x in items]
 
 
-def make(model, **kw) -> Batcher:
-    args = {"max_batch_size": 4, "max_batch_delay_ms": 50, "max_queue_size": 100} | kw
-    return Batcher(model, **args).start()
+@pytest.fixture
+def make_batcher() -> Iterator[Callable[..., Batcher]]:
+    """Starts batchers for a test and stops them afterwards, whether the test passed or not."""
+    started: list[Batcher] = []
+
+    def start(model, **kw) -> Batcher:
+        args = {"max_batch_size": 4, "max_batch_delay_ms": 50, "max_queue_size": 100} | kw
+        batcher = Batcher(model, **args).start()
+        started.append(batcher)
+        return batcher
+
+    yield start
+    for batcher in started:
+        batcher.stop(timeout=5)
 
 
-def test_batch_of_one_answers_at_once_despite_a_huge_delay():
+def test_batch_of_one_answers_at_once_despite_a_huge_delay(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=1, max_batch_delay_ms=1_000_000)
+    b = make_batcher(model, max_batch_size=1, max_batch_delay_ms=1_000_000)
     assert b.submit(21).result(timeout=5).output == 42
-    b.stop()
 
 
-def test_full_batch_closes_before_timeout():
+def test_full_batch_closes_before_timeout(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=3, max_batch_delay_ms=1_000_000)
+    b = make_batcher(model, max_batch_size=3, max_batch_delay_ms=1_000_000)
     futures = [b.submit(i) for i in range(3)]
     assert [f.result(timeout=5).output for f in futures] == [0, 2, 4]
     assert model.batches == [[0, 1, 2]]
     assert all(f.result().batch_size == 3 for f in futures)
-    b.stop()
 
 
-def test_partial_batch_waits_for_a_third_item():
+def test_partial_batch_waits_for_a_third_item(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=3, max_batch_delay_ms=1_000_000)
+    b = make_batcher(model, max_batch_size=3, max_batch_delay_ms=1_000_000)
     first = [b.submit(i) for i in range(2)]
     time.sleep(0.1)
     assert not any(f.done() for f in first)  # two items must not finish until a third fills the batch
     third = b.submit(2)
     assert third.result(timeout=5).batch_size == 3
-    b.stop()
 
 
-def test_batch_closes_after_delay():
+def test_batch_closes_after_delay(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=100, max_batch_delay_ms=30)
+    b = make_batcher(model, max_batch_size=100, max_batch_delay_ms=30)
     futures = [b.submit(i) for i in range(5)]
     results = [f.result(timeout=5) for f in futures]
     assert model.batches == [[0, 1, 2, 3, 4]]
     assert all(r.queue_s >= 0.02 for r in results)
-    b.stop()
 
 
-def test_zero_delay_still_batches_items_already_waiting():
+def test_zero_delay_still_batches_items_already_waiting(make_batcher):
     model = Recorder()
     model.gate.clear()  # hold the model so items pile up behind the first batch
-    b = make(model, max_batch_size=8, max_batch_delay_ms=0)
+    b = make_batcher(model, max_batch_size=8, max_batch_delay_ms=0)
     first = b.submit(0)
-    time.sleep(0.05)
+    assert model.called.wait(5)  # the first batch is inside the model: the rest must queue behind it
     rest = [b.submit(i) for i in range(1, 6)]
     model.gate.set()
     assert first.result(timeout=5).batch_size == 1
     assert [f.result(timeout=5).output for f in rest] == [2, 4, 6, 8, 10]
     assert model.batches == [[0], [1, 2, 3, 4, 5]]
-    b.stop()
 
 
-def test_replies_go_to_the_right_caller_across_threads():
+def test_replies_go_to_the_right_caller_across_threads(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=8, max_batch_delay_ms=5)
+    b = make_batcher(model, max_batch_size=8, max_batch_delay_ms=5)
     results: dict[int, int] = {}
 
     def call(i: int) -> None:
@@ -96,37 +105,34 @@ def test_replies_go_to_the_right_caller_across_threads():
         t.join()
     assert results == {i: 2 * i for i in range(64)}
     assert max(len(batch) for batch in model.batches) > 1
-    b.stop()
 
 
-def test_bounded_queue_refuses_at_once():
+def test_bounded_queue_refuses_at_once(make_batcher):
     model = Recorder()
     model.gate.clear()
-    b = make(model, max_batch_size=1, max_batch_delay_ms=0, max_queue_size=2)
+    b = make_batcher(model, max_batch_size=1, max_batch_delay_ms=0, max_queue_size=2)
     running = b.submit(0)
-    time.sleep(0.05)  # the first item is inside the model now
+    assert model.called.wait(5)  # the first item is inside the model, out of the queue
     b.submit(1)
     b.submit(2)
     with pytest.raises(QueueFull):
         b.submit(3)
     model.gate.set()
     assert running.result(timeout=5).output == 0
-    b.stop()
 
 
-def test_expired_items_never_reach_the_model():
+def test_expired_items_never_reach_the_model(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=4, max_batch_delay_ms=20)
+    b = make_batcher(model, max_batch_size=4, max_batch_delay_ms=20)
     expired = b.submit(1, deadline=time.monotonic() - 1)
     live = b.submit(2, deadline=time.monotonic() + 10)
     with pytest.raises(DeadlineExceeded):
         expired.result(timeout=5)
     assert live.result(timeout=5).output == 4
     assert model.batches == [[2]]
-    b.stop()
 
 
-def test_model_error_fails_every_item_in_the_batch_and_the_batcher_survives():
+def test_model_error_fails_every_item_in_the_batch_and_the_batcher_survives(make_batcher):
     calls = []
 
     def flaky(items):
@@ -135,27 +141,25 @@ def test_model_error_fails_every_item_in_the_batch_and_the_batcher_survives():
             raise RuntimeError("boom")
         return items
 
-    b = make(flaky, max_batch_size=2, max_batch_delay_ms=1_000_000)
+    b = make_batcher(flaky, max_batch_size=2, max_batch_delay_ms=1_000_000)
     futures = [b.submit(i) for i in range(2)]
     for f in futures:
         with pytest.raises(RuntimeError, match="boom"):
             f.result(timeout=5)
     again = [b.submit(i) for i in (7, 8)]
     assert [f.result(timeout=5).output for f in again] == [7, 8]
-    b.stop()
 
 
-def test_wrong_number_of_outputs_is_an_error():
-    b = make(lambda items: items[:-1], max_batch_size=2, max_batch_delay_ms=1_000_000)
+def test_wrong_number_of_outputs_is_an_error(make_batcher):
+    b = make_batcher(lambda items: items[:-1], max_batch_size=2, max_batch_delay_ms=1_000_000)
     futures = [b.submit(i) for i in range(2)]
     with pytest.raises(RuntimeError, match="returned 1 outputs for 2 inputs"):
         futures[0].result(timeout=5)
-    b.stop()
 
 
-def test_stop_runs_what_is_queued_then_refuses():
+def test_stop_runs_what_is_queued_then_refuses(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=10, max_batch_delay_ms=1_000_000)
+    b = make_batcher(model, max_batch_size=10, max_batch_delay_ms=1_000_000)
     pending = [b.submit(i) for i in range(3)]
     b.stop(timeout=5)
     assert [f.result(timeout=1).output for f in pending] == [0, 2, 4]
@@ -173,10 +177,10 @@ def test_bad_arguments_fail_in_the_constructor(kw):
         Batcher(lambda items: items, **args)
 
 
-def test_pending_hint_closes_a_lone_item_at_once_and_waits_for_known_arrivals():
+def test_pending_hint_closes_a_lone_item_at_once_and_waits_for_known_arrivals(make_batcher):
     model = Recorder()
     on_the_way = [0]
-    b = make(model, max_batch_size=8, max_batch_delay_ms=1_000_000, pending=lambda: on_the_way[0])
+    b = make_batcher(model, max_batch_size=8, max_batch_delay_ms=1_000_000, pending=lambda: on_the_way[0])
     assert b.submit(1).result(timeout=5).batch_size == 1  # nothing else coming: no wait despite the delay
     on_the_way[0] = 2
     first = b.submit(2)
@@ -187,10 +191,9 @@ def test_pending_hint_closes_a_lone_item_at_once_and_waits_for_known_arrivals():
     on_the_way[0] = 0
     last = b.submit(4)
     assert first.result(timeout=5).batch_size == 3 and last.result(timeout=5).batch_size == 3
-    b.stop()
 
 
-def test_several_threads_run_batches_at_the_same_time():
+def test_several_threads_run_batches_at_the_same_time(make_batcher):
     running, peak, lock = [0], [0], threading.Lock()
     both_in = threading.Barrier(2, timeout=5)
 
@@ -203,16 +206,15 @@ def test_several_threads_run_batches_at_the_same_time():
             running[0] -= 1
         return items
 
-    b = make(model, max_batch_size=1, max_batch_delay_ms=0, threads=2)
+    b = make_batcher(model, max_batch_size=1, max_batch_delay_ms=0, threads=2)
     futures = [b.submit(i) for i in range(2)]
     assert [f.result(timeout=5).output for f in futures] == [0, 1]
     assert peak[0] == 2
-    b.stop()
 
 
-def test_the_longest_running_call_is_reported_while_it_runs():
+def test_the_longest_running_call_is_reported_while_it_runs(make_batcher):
     model = Recorder()
-    b = make(model, max_batch_size=1, max_batch_delay_ms=0)
+    b = make_batcher(model, max_batch_size=1, max_batch_delay_ms=0)
     assert b.longest_call_s() == 0.0
     model.gate.clear()
     future = b.submit(1)
@@ -225,4 +227,3 @@ def test_the_longest_running_call_is_reported_while_it_runs():
     model.gate.set()
     assert future.result(timeout=5).output == 2
     assert b.longest_call_s() == 0.0
-    b.stop()

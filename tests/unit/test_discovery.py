@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from services import protocol
 from services.web import discovery
 from services.web.discovery import Endpoints, Target
 
@@ -61,8 +62,8 @@ def test_parse_rejects_bad_specs(spec: str) -> None:
 
 
 def test_ipv6_endpoints_are_bracketed() -> None:
-    assert discovery.format_endpoint("fd00::5", 5576) == "tcp://[fd00::5]:5576"
-    assert discovery.format_endpoint("10.1.2.3", 5576) == "tcp://10.1.2.3:5576"
+    assert protocol.tcp_endpoint("fd00::5", 5576) == "tcp://[fd00::5]:5576"
+    assert protocol.tcp_endpoint("10.1.2.3", 5576) == "tcp://10.1.2.3:5576"
 
 
 def test_a_name_resolves_to_every_address_v4_and_v6() -> None:
