@@ -138,6 +138,10 @@ class FakeModelClient:
             False  # answer BAD_REQUEST to decoded pixels, as a server with another model would
         )
 
+    def forget_input_spec(self) -> None:
+        """Send uploads as they are from now on, as the model client does when told."""
+        self.input = None
+
     def _reply(self, request_id: str, top_k: int) -> Reply:
         if self.raises is not None:
             raise self.raises

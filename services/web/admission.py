@@ -1,6 +1,6 @@
 """How many requests one web process lets into the model tier at once: an adaptive limit (AIMD).
 
-Stdlib only. The model client keeps one Admission per process and model tier (model_client.tier_state);
+Stdlib only. The model client keeps one Admission per process and model tier (tiers.tier_state);
 the views take a Ticket before any work and give it back with the model's answer.
 """
 

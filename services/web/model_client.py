@@ -4,7 +4,7 @@ Shape of flaskr's db.py: the client is opened lazily on first use, so no ZeroMQ 
 gunicorn forks its workers (a context inherited across fork asserts, pyzmq issue 1049). Each process
 has one context; each gthread request thread owns one DEALER socket, reused from request to request.
 What one thread learns about the model tier (it is down, it is full, its input size) is kept per process
-in a TierState, so that every thread of the worker knows it at once.
+in a TierState (tiers.py), so that every thread of the worker knows it at once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import zmq
 from flask import Flask, current_app, g
@@ -25,24 +26,17 @@ from services import keys, protocol
 from services.config import WebConfig
 from services.protocol import OP_CLASSIFY, OP_PING, Reply, Request, Status
 from services.web import discovery, metrics
-from services.web.admission import Admission
+from services.web.tiers import tier_state
 
 log = logging.getLogger(__name__)
+Shape = tuple[int, int, int]  # rgb8 pixels: height, width, channels
+
 
 SEND_POLL_MS = 20  # while no server is connected yet, re-check this often (connects take a few ms)
 RECONNECT_IVL_MS = 100  # first reconnect after a server vanished: soon, a restarted pod is back quickly
 RECONNECT_IVL_MAX_MS = 1_000  # backoff cap: a SYN a second to a dead endpoint; a returning one waits ≤ 1 s
 SOCKET_HWM = 16  # one request in flight per socket; a deep queue would only hold stale work
 MAX_REPLY_BYTES = 1 << 20  # replies are a few KB; a bigger message is garbage and cuts the connection
-# While no server is connected a try waits at most CONNECT_WAIT_MS for one (a connect, handshakes included,
-# takes a few ms; longer means the tier is down, and a 503 should then come within half a second). Once a
-# thread of this process has waited that long in vain, the tier is down for the whole process and every try
-# waits only FAST_FAIL_WAIT_MS (reconnects go on in the background): one outage costs one discovery, then
-# requests fail fast with 503 instead of holding every gunicorn thread, which would starve /healthz too. The
-# first send that goes through ends the outage.
-CONNECT_WAIT_MS = 300
-FAST_FAIL_WAIT_MS = 50
-SPEC_RETRY_S = 1.0  # after a failed input-size ping, threads go without the size this long rather than ping
 
 
 class ModelUnavailable(Exception):
@@ -53,15 +47,43 @@ class ModelTimeout(Exception):
     """The request's overall deadline passed before any server answered (HTTP 504)."""
 
 
-class TierState:
-    """What the threads of one process share about one model tier (one MODEL_SERVER setting)."""
+@dataclass
+class _Flight:
+    """One request on its way: its frames and budget, and what its tries have met so far."""
 
-    def __init__(self) -> None:
-        self.down_since: float | None = None  # monotonic: when a send first found no server connected
-        self.admission = Admission()
-        self.input_spec: tuple[int, float] | None = None  # the model's (input size, crop fraction)
-        self.spec_failed_at: float | None = None  # monotonic: when the last input-size ping failed
-        self.spec_lock = threading.Lock()  # one input-size ping at a time; the other threads wait for it
+    request: Request
+    frames: list
+    start: float  # monotonic, taken before the request's absolute deadline was set
+    timeout_ms: int
+    attempt_s: float
+    tries: int
+    sent: bool = False  # a try reached a server (False: none was connected)
+    overloaded: Reply | None = None  # the latest OVERLOADED reply: the answer when no other server takes it
+    elsewhere: int = 0  # tries after OVERLOADED, each to the next connected server
+    failure: str = ""  # why the previous try failed: timeout or overloaded
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.timeout_ms / 1000
+
+    def record(self, outcome: str) -> None:
+        """Count the call's outcome and its time in the metrics."""
+        metrics.record_call(self.request.op, outcome, time.monotonic() - self.start)
+
+
+def _request(
+    op: str, image: bytes, top_k: int, request_id: str | None, timeout_ms: int, shape: Shape | None
+) -> Request:
+    """A request with an absolute deadline (the server refuses stale work); pixels when it has a shape."""
+    return Request(
+        request_id=request_id or protocol.new_request_id(),
+        deadline_ms=protocol.deadline_after_ms(timeout_ms),
+        op=op,
+        top_k=top_k,
+        image=image,
+        encoding=protocol.ENCODING_IMAGE if shape is None else protocol.ENCODING_RGB8,
+        shape=shape,
+    )
 
 
 class ModelClient:
@@ -157,22 +179,26 @@ class ModelClient:
 
     # --- one call -----------------------------------------------------------------------------------
 
-    def _send(self, client: zmq.Socket, frames: list, attempt_end: float) -> bool:
-        """Send before attempt_end; False when no server was connected in time (IMMEDIATE=1 refuses)."""
+    def _send(self, client: zmq.Socket, flight: _Flight, attempt_end: float) -> bool:
+        """Send before attempt_end; False (and logged) when no server was connected in time (IMMEDIATE=1)."""
         start = time.monotonic()
         tier = self.tier
         while True:
             try:
-                client.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                client.send_multipart(flight.frames, flags=zmq.NOBLOCK, copy=False)
                 tier.down_since = None
+                flight.sent = True
                 return True
             except zmq.Again:
                 # Re-read each round: another thread may find the tier down while this one waits.
-                wait_ms = CONNECT_WAIT_MS if tier.down_since is None else FAST_FAIL_WAIT_MS
-                left_ms = (min(attempt_end, start + wait_ms / 1000) - time.monotonic()) * 1000
+                left_ms = (min(attempt_end, start + tier.connect_wait_s()) - time.monotonic()) * 1000
                 if left_ms <= 0:
                     if tier.down_since is None:
                         tier.down_since = start
+                    where = sorted(self._connected) or "-"
+                    log.warning(
+                        "request %s: no model server connected at %s", flight.request.request_id, where
+                    )
                     return False
                 client.poll(min(left_ms, SEND_POLL_MS), zmq.POLLOUT)
 
@@ -210,7 +236,7 @@ class ModelClient:
         timeout_ms: int | None = None,
         attempt_timeout_ms: int | None = None,
         retries: int | None = None,
-        shape: tuple[int, int, int] | None = None,
+        shape: Shape | None = None,
     ) -> Reply:
         """Send one request with retries within its deadline and return the matching reply.
 
@@ -218,95 +244,83 @@ class ModelClient:
         :raise ModelUnavailable: no server answered within the tries allowed.
         :raise ModelTimeout: the overall deadline passed while waiting for an answer.
         """
-        timeout_ms = self.cfg.request_timeout_ms if timeout_ms is None else timeout_ms
-        attempt_s = (self.cfg.attempt_timeout_ms if attempt_timeout_ms is None else attempt_timeout_ms) / 1000
-        tries = 1 + (self.cfg.retries if retries is None else retries)
+        cfg = self.cfg
+        timeout_ms = cfg.request_timeout_ms if timeout_ms is None else timeout_ms
+        attempt_ms = cfg.attempt_timeout_ms if attempt_timeout_ms is None else attempt_timeout_ms
+        tries = 1 + (cfg.retries if retries is None else retries)
         start = time.monotonic()
-        deadline = start + timeout_ms / 1000
-        request = Request(
-            request_id=request_id or protocol.new_request_id(),
-            deadline_ms=protocol.deadline_after_ms(timeout_ms),  # absolute: the server refuses stale work
-            op=op,
-            top_k=top_k,
-            image=image,
-            encoding=protocol.ENCODING_IMAGE if shape is None else protocol.ENCODING_RGB8,
-            shape=shape,
+        request = _request(op, image, top_k, request_id, timeout_ms, shape)
+        flight = _Flight(
+            request, protocol.encode_request(request), start, timeout_ms, attempt_ms / 1000, tries
         )
-        frames = protocol.encode_request(request)
-        rid = request.request_id
-        sent = False
-        overloaded: Reply | None = None
-        elsewhere = 0  # tries after OVERLOADED, each to the next connected server
-        failure = ""  # why the previous try failed: timeout or overloaded
         for attempt in range(tries):
             now = time.monotonic()
-            if now >= deadline:
+            if now >= flight.deadline:
                 break
-            if failure:
-                metrics.record_retry(failure)  # counted only when another try really happens
-            attempt_end = min(now + attempt_s, deadline)
+            if flight.failure:
+                metrics.record_retry(flight.failure)  # counted only when another try really happens
+            attempt_end = min(now + flight.attempt_s, flight.deadline)
             client = self._socket_ready()
-            if not self._send(client, frames, attempt_end):
-                log.warning(
-                    "request %s: no model server connected at %s", rid, sorted(self._connected) or "-"
-                )
-                # No retry: the socket reconnects in the background, and a try now would find it as it is.
-                break
-            sent = True
-            reply = self._receive(client, rid, attempt_end)
+            if not self._send(client, flight, attempt_end):
+                break  # no retry: the socket reconnects in the background, a try now would find it unchanged
+            reply = self._receive(client, request.request_id, attempt_end)
             if reply is None:
-                log.warning(
-                    "request %s: no reply in %.0f ms (try %d of %d)",
-                    rid,
-                    attempt_s * 1000,
-                    attempt + 1,
-                    tries,
-                )
-                self._reset()
-                failure = "timeout"
+                self._silent(flight, attempt)
                 continue
-            if reply.status is Status.OVERLOADED:
-                log.info("request %s: overloaded (%s)", rid, reply.error)
-                overloaded, failure = reply, "overloaded"
-                # The DEALER round-robins over the servers it is connected to: with n up, the next n - 1
-                # sends reach the others. Resending to the same full server would only add to its load.
-                if elsewhere < self.servers_up() - 1:
-                    elsewhere += 1
-                    continue
+            if reply.status is not Status.OVERLOADED:
+                flight.record(reply.status.value.lower())
+                return reply
+            if not self._retry_elsewhere(flight, reply):
                 break
-            metrics.record_call(op, reply.status.value.lower(), time.monotonic() - start)
-            return reply
-        elapsed = time.monotonic() - start
-        if overloaded is not None:
-            metrics.record_call(op, "overloaded", elapsed)
-            return overloaded
-        if sent and time.monotonic() >= deadline:
-            metrics.record_call(op, "timeout", elapsed)
-            raise ModelTimeout(f"no model server answered within {timeout_ms} ms")
-        metrics.record_call(op, "unavailable", elapsed)
-        if not sent:
+        return self._give_up(flight)
+
+    def _silent(self, flight: _Flight, attempt: int) -> None:
+        """Lazy Pirate after a try that got no reply: drop the socket, so a resend starts on a new one."""
+        rid, ms = flight.request.request_id, flight.attempt_s * 1000
+        log.warning("request %s: no reply in %.0f ms (try %d of %d)", rid, ms, attempt + 1, flight.tries)
+        self._reset()
+        flight.failure = "timeout"
+
+    def _retry_elsewhere(self, flight: _Flight, reply: Reply) -> bool:
+        """After an OVERLOADED reply: whether a server this request has not met yet can take a resend."""
+        log.info("request %s: overloaded (%s)", flight.request.request_id, reply.error)
+        flight.overloaded, flight.failure = reply, "overloaded"
+        # The DEALER round-robins over the servers it is connected to: with n up, the next n - 1
+        # sends reach the others. Resending to the same full server would only add to its load.
+        if flight.elsewhere < self.servers_up() - 1:
+            flight.elsewhere += 1
+            return True
+        return False
+
+    def _give_up(self, flight: _Flight) -> Reply:
+        """The outcome with no try left: the last OVERLOADED reply, else ModelTimeout or ModelUnavailable."""
+        if flight.overloaded is not None:
+            flight.record("overloaded")
+            return flight.overloaded
+        if flight.sent and time.monotonic() >= flight.deadline:
+            flight.record("timeout")
+            raise ModelTimeout(f"no model server answered within {flight.timeout_ms} ms")
+        flight.record("unavailable")
+        if not flight.sent:
             where = ", ".join(sorted(self._endpoints.current)) or f"{self.cfg.model_server} (not resolved)"
             raise ModelUnavailable(f"no model server reachable at {where}")
-        raise ModelUnavailable(f"no model server answered after {tries} tries")
+        raise ModelUnavailable(f"no model server answered after {flight.tries} tries")
 
     def classify(
         self,
         image: bytes,
         top_k: int,
         request_id: str | None = None,
-        shape: tuple[int, int, int] | None = None,
+        shape: Shape | None = None,
         timeout_ms: int | None = None,
     ) -> Reply:
         """Classify one upload, or (with `shape`) pixels already decoded to the model's input; see call().
 
         `timeout_ms` is what is left of the request's deadline (default: request_timeout_ms).
         """
-        reply = self.call(
+        return self.call(
             OP_CLASSIFY, image=image, top_k=top_k, request_id=request_id, shape=shape, timeout_ms=timeout_ms
         )
-        if shape is not None and reply.status is Status.BAD_REQUEST:
-            self.tier.input_spec = None  # the model changed under us: ask again next time
-        return reply
 
     def ping(self, timeout_ms: int | None = None) -> Reply:
         """One quick ping (no retries) for readiness; see call() for errors."""
@@ -317,22 +331,17 @@ class ModelClient:
         return reply
 
     def input_spec(self) -> tuple[int, float] | None:
-        """The model's (input size, crop fraction), asked once per process; None when unknown for now.
+        """The model's (input size, crop fraction), asked once per process; None when unknown for now."""
+        return self.tier.known_input_spec(self._ping_quietly)
 
-        Threads that need it while another thread pings wait for that ping's answer instead of pinging too;
-        after a failed ping they go without it for SPEC_RETRY_S (the upload is then sent as it is).
-        """
-        tier = self.tier
-        if tier.input_spec is not None:
-            return tier.input_spec
-        with tier.spec_lock:
-            failed_at = tier.spec_failed_at
-            retry = failed_at is None or time.monotonic() - failed_at >= SPEC_RETRY_S
-            if tier.input_spec is None and retry:
-                with contextlib.suppress(ModelUnavailable, ModelTimeout):
-                    self.ping()
-                tier.spec_failed_at = None if tier.input_spec is not None else time.monotonic()
-            return tier.input_spec
+    def _ping_quietly(self) -> None:
+        """Ping for the model's input size; no answer leaves it unknown."""
+        with contextlib.suppress(ModelUnavailable, ModelTimeout):
+            self.ping()
+
+    def forget_input_spec(self) -> None:
+        """Drop the model's input size for the whole process: the next thread that needs it asks again."""
+        self.tier.input_spec = None
 
 
 # --- per-process context, per-thread client ----------------------------------------------------------
@@ -341,8 +350,6 @@ _lock = threading.Lock()
 _context: zmq.Context | None = None
 _context_pid: int | None = None
 _local = threading.local()
-_tiers: dict[str, TierState] = {}  # model_server → what this process's threads know about that tier
-_tiers_pid: int | None = None
 
 
 def _process_context() -> zmq.Context:
@@ -353,21 +360,6 @@ def _process_context() -> zmq.Context:
             _context = zmq.Context()  # never reuse (or term) a context inherited across fork
             _context_pid = os.getpid()
         return _context
-
-
-def tier_state(model_server: str) -> TierState:
-    """This process's shared state for the model tier at model_server (fresh in a forked child)."""
-    global _tiers_pid
-    with _lock:
-        if _tiers_pid != os.getpid():
-            _tiers.clear()  # a parent's locks and limits mean nothing here
-            _tiers_pid = os.getpid()
-        return _tiers.setdefault(model_server, TierState())
-
-
-def admission(cfg: WebConfig) -> Admission:
-    """This process's admission limit for the model tier of cfg."""
-    return tier_state(cfg.model_server).admission
 
 
 def thread_client(cfg: WebConfig) -> ModelClient:

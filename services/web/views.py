@@ -17,20 +17,20 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import BadRequest, ServiceUnavailable, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, HTTPException, ServiceUnavailable, UnsupportedMediaType
 
 from services import imaging
 from services.config import WebConfig
-from services.protocol import MAX_TOP_K, Status
+from services.protocol import MAX_TOP_K
 from services.web import metrics
 from services.web.admission import Ticket
+from services.web.classify import Photo, send_photo
 from services.web.errors import raise_for_reply
 from services.web.front import ADMITTED, DOOR, DRAINING, REQUEST_START
-from services.web.model_client import ModelTimeout, ModelUnavailable, admission, get_client
+from services.web.model_client import ModelTimeout, ModelUnavailable, get_client
+from services.web.tiers import admission
 
 bp = Blueprint("web", __name__)
-PREDICT_PATH = "/api/v1/predict"
-
 FIELD = "image"  # the multipart field (and the <input name>) carrying the photo
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body whose type is sniffed anyway
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what an incoming X-Request-ID may look like
@@ -163,11 +163,6 @@ def _deadline() -> float:
     return arrived + budget_s
 
 
-def _left_ms(deadline: float) -> int:
-    """Milliseconds left before the deadline; at least 1, so an expired one ends as a timeout (504)."""
-    return max(1, int((deadline - time.time()) * 1000))
-
-
 class ClientGone(Exception):
     """The client closed its connection: nobody is waiting for the answer."""
 
@@ -227,31 +222,12 @@ def _classify(data: bytes, top_k: int, deadline: float, ticket: Ticket) -> dict[
     img = imaging.open_image(data, cfg.max_image_pixels, cfg.max_image_side)  # ImageError → 400/415 here
     info = imaging.describe(img)
     client = get_client()
-    request_id = _request_id()
-    spec = client.input_spec() if cfg.decode_in_web else None
-    reply = None
-    if spec is not None:
-        size, crop_fraction = spec
-        pixels = imaging.fit(img, size, crop_fraction, cfg.max_decode_bytes).tobytes()  # opened once, above
-        _check_client("before_send")
-        sent = time.perf_counter()
-        reply = client.classify(
-            pixels, top_k, request_id=request_id, shape=(size, size, 3), timeout_ms=_left_ms(deadline)
-        )
-        if reply.status is Status.BAD_REQUEST:  # the model (and its input size) changed under us
-            reply = spec = None
-    if reply is None:  # the model server decodes the upload
-        _check_client("before_send")
-        sent = time.perf_counter()
-        reply = client.classify(data, top_k, request_id=request_id, timeout_ms=_left_ms(deadline))
-    done = time.perf_counter()
+    photo = Photo(data, img, top_k, _request_id(), deadline, start)
+    sent = send_photo(client, photo, cfg, before_send=partial(_check_client, "before_send"))
+    reply = sent.reply
     ticket.answered(reply)
     raise_for_reply(reply)
-    timings = dict(reply.timings_ms)  # the server's own: queue, preprocess, inference, total
-    if spec is not None:
-        timings["preprocess"] = round((sent - start) * 1000, 3)  # done here, not on the model server
-    timings["model_roundtrip_ms"] = round((done - sent) * 1000, 3)
-    timings["total_ms"] = round((time.perf_counter() - start) * 1000, 3)  # web side, upload in memory → reply
+    timings = sent.timings_ms()
     return {
         "request_id": reply.request_id,
         "predictions": [
@@ -283,18 +259,24 @@ def uploader() -> Response:
 def _install_door(state: BlueprintSetupState) -> None:
     """Let the worker's loop admit API classifications: a ticket before the request waits for a thread, or
     a 503 from the loop at once, however many requests wait for threads (the form's page keeps its HTML)."""
-    gate = partial(admission, state.app.config["ZEROLENS"])
-    path = PREDICT_PATH.encode()
+    app = state.app
+    gate = partial(admission, app.config["ZEROLENS"])
 
     def door(method: bytes, target: bytes) -> Ticket | bool | None:
-        if method != b"POST" or target != path:
+        try:  # the app's own routing: the loop's answer is about exactly the requests predict() serves
+            endpoint, _ = app.url_map.bind("localhost").match(
+                target.decode("latin-1"), method.decode("latin-1")
+            )
+        except HTTPException:  # not found, another method, a redirect: nothing to say
+            return None
+        if endpoint != f"{bp.name}.{predict.__name__}":
             return None
         return gate().try_acquire() or False
 
-    state.app.extensions[DOOR] = door
+    app.extensions[DOOR] = door
 
 
-@bp.post(PREDICT_PATH)
+@bp.post("/api/v1/predict")
 def predict() -> Response:
     """Classify a photo (multipart field `image`, or a raw image/* body) and answer JSON."""
     result, _ = _admitted(_api_upload)

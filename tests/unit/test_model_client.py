@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from services import protocol
 from services.config import WebConfig, load
 from services.protocol import OP_PING, Prediction, Reply, Request, Status
-from services.web import model_client
+from services.web import model_client, tiers
 from services.web.model_client import ModelClient, ModelTimeout, ModelUnavailable
 
 # A script answers the n-th request (from 0) with [(delay_s, Reply or raw frames), ...]; [] ignores it.
@@ -38,6 +38,15 @@ def ignore(request: Request, n: int) -> list[tuple[float, Any]]:
 
 def overloaded(request: Request, n: int) -> list[tuple[float, Any]]:
     return [(0.0, Reply(request.request_id, Status.OVERLOADED, "queue full"))]
+
+
+def sized(request: Request, n: int) -> list[tuple[float, Any]]:
+    """A ping reply that tells the model's input size."""
+    return [(0.0, Reply(request.request_id, Status.OK, model="stub", input_size=224, crop_fraction=0.875))]
+
+
+def retries_counted(reason: str) -> float:
+    return REGISTRY.get_sample_value("zerolens_web_model_retries_total", {"reason": reason}) or 0.0
 
 
 class StubServer:
@@ -84,6 +93,12 @@ class StubServer:
                 self.requests.append(request)
                 for delay_s, reply in self.script(request, n):
                     pending.append((time.monotonic() + delay_s, envelope, reply))
+
+
+@pytest.fixture(autouse=True)
+def fresh_tiers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty per-process registry: a port reused by a later test meets a tier that knows nothing yet."""
+    monkeypatch.setattr(tiers, "_tiers", {})
 
 
 @pytest.fixture
@@ -145,17 +160,12 @@ def test_silent_try_is_resent_on_a_new_socket(stubs, make_client, unused_tcp_por
         retries=2,
         request_timeout_ms=3000,
     )
-    retries_before = REGISTRY.get_sample_value("zerolens_web_model_retries_total", {"reason": "timeout"}) or 0
-    start = time.monotonic()
+    before = retries_counted("timeout")
     reply = client.classify(b"img", top_k=1)
     assert reply.ok
-    assert 0.2 <= time.monotonic() - start < 2.5  # one attempt timeout, then the resend; budget 3 s
     assert [r.request_id for r in stub.requests] == [reply.request_id] * 2  # the same request, resent
     assert stub.peers[0] != stub.peers[1]  # from a rebuilt socket (Lazy Pirate)
-    assert (
-        REGISTRY.get_sample_value("zerolens_web_model_retries_total", {"reason": "timeout"})
-        == retries_before + 1
-    )
+    assert retries_counted("timeout") == before + 1
 
 
 def test_client_gives_up_after_retries(stubs, make_client, unused_tcp_port: int) -> None:
@@ -166,22 +176,19 @@ def test_client_gives_up_after_retries(stubs, make_client, unused_tcp_port: int)
         retries=2,
         request_timeout_ms=5000,
     )
-    start = time.monotonic()
     with pytest.raises(ModelUnavailable, match="after 3 tries"):
         client.classify(b"img", top_k=1)
-    assert 0.45 <= time.monotonic() - start < 3.0  # three tries, inside the 5 s budget
-    assert len(stub.requests) == 3
+    assert len(stub.requests) == 3  # three tries, inside the 5 s budget
 
 
 def test_deadline_passed_raises_timeout(stubs, make_client, unused_tcp_port: int) -> None:
-    stubs(unused_tcp_port, ignore)
+    stub = stubs(unused_tcp_port, ignore)
     client = make_client(
         model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=300, retries=5, request_timeout_ms=500
     )
-    start = time.monotonic()
-    with pytest.raises(ModelTimeout):
+    with pytest.raises(ModelTimeout, match="within 500 ms"):
         client.classify(b"img", top_k=1)
-    assert 0.45 <= time.monotonic() - start < 1.2  # stopped at the deadline, not after six tries
+    assert len(stub.requests) == 2  # stopped at the deadline, not after six tries
 
 
 def test_late_reply_to_an_earlier_request_is_discarded(stubs, make_client, unused_tcp_port: int) -> None:
@@ -201,16 +208,11 @@ def test_late_reply_to_an_earlier_request_is_discarded(stubs, make_client, unuse
 def test_overloaded_fails_fast_with_one_server(stubs, make_client, unused_tcp_port: int) -> None:
     stub = stubs(unused_tcp_port, overloaded)
     client = make_client(model_server=f"127.0.0.1:{unused_tcp_port}", retries=2)
-    retries = ("zerolens_web_model_retries_total", {"reason": "overloaded"})
-    before = REGISTRY.get_sample_value(*retries) or 0
-    start = time.monotonic()
+    before = retries_counted("overloaded")
     reply = client.classify(b"img", top_k=1)
-    assert reply.status is Status.OVERLOADED
-    assert time.monotonic() - start < 1.0  # the first answer is the answer
+    assert reply.status is Status.OVERLOADED  # the first answer is the answer
     assert len(stub.requests) == 1  # never resent into the same full server
-    assert (
-        REGISTRY.get_sample_value("zerolens_web_model_retries_total", {"reason": "overloaded"}) or 0
-    ) == before
+    assert retries_counted("overloaded") == before
 
 
 def test_overloaded_is_not_resent_when_the_other_server_is_down(
@@ -257,19 +259,14 @@ def test_no_server_fails_within_budget(make_client, unused_tcp_port: int) -> Non
 def test_one_outage_is_discovered_once_per_process(stubs, make_client, unused_tcp_port: int) -> None:
     settings = {"model_server": f"127.0.0.1:{unused_tcp_port}", "attempt_timeout_ms": 2000, "retries": 1}
     first, second = make_client(**settings), make_client(**settings)  # two threads' clients, two sockets
-    wait_s = model_client.CONNECT_WAIT_MS / 1000
-    start = time.monotonic()
-    with pytest.raises(ModelUnavailable):
+    with pytest.raises(ModelUnavailable, match="reachable"):
         first.classify(b"img", top_k=1)  # waits once for a connection, then knows (no retry: none would help)
-    assert wait_s <= time.monotonic() - start < wait_s + 0.4
     start = time.monotonic()
-    with pytest.raises(ModelUnavailable):
+    with pytest.raises(ModelUnavailable, match="reachable"):
         second.classify(b"img", top_k=1)  # its socket never failed, but the process knows the tier is down
-    assert time.monotonic() - start < wait_s  # one brief try, no wait of its own
+    assert time.monotonic() - start < tiers.CONNECT_WAIT_MS / 1000  # one brief try, no wait of its own
     stubs(unused_tcp_port)
-    deadline = (
-        time.monotonic() + 5
-    )  # the sockets reconnect by themselves (backing off to RECONNECT_IVL_MAX_MS)
+    deadline = time.monotonic() + 5  # the sockets reconnect by themselves (backing off to a second)
     for client in (first, second):
         while True:
             try:
@@ -277,13 +274,12 @@ def test_one_outage_is_discovered_once_per_process(stubs, make_client, unused_tc
                 break
             except ModelUnavailable:
                 assert time.monotonic() < deadline, "the client did not recover after the server came back"
-    assert second.tier is first.tier and first.tier.down_since is None
 
 
 def test_waiting_threads_stop_when_another_finds_the_tier_down(
     make_client, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model_client, "CONNECT_WAIT_MS", 5_000)  # alone, a thread would wait this long
+    monkeypatch.setattr(tiers, "CONNECT_WAIT_MS", 5_000)  # alone, a thread would wait this long
     settings = {"model_server": f"127.0.0.1:{unused_tcp_port}", "retries": 0}
     waiting = make_client(**settings, attempt_timeout_ms=3000, request_timeout_ms=3000)
     finder = make_client(**settings, attempt_timeout_ms=200, request_timeout_ms=200)
@@ -326,43 +322,22 @@ def test_a_reply_gone_between_poll_and_recv_is_waited_for(make_client, unused_tc
     assert reply is not None and reply.ok and socket.recvs == 2
 
 
-def test_threads_share_one_input_size_ping(stubs, make_client, unused_tcp_port: int) -> None:
-    def slow_ping(request: Request, n: int) -> list[tuple[float, Any]]:
-        sized = Reply(request.request_id, Status.OK, model="stub", input_size=224, crop_fraction=0.875)
-        return [(0.2, sized)]  # long enough for every thread to ask while the ping is out
-
-    stub = stubs(unused_tcp_port, slow_ping)
-    clients = [make_client(model_server=f"127.0.0.1:{unused_tcp_port}") for _ in range(6)]
-    gate = threading.Barrier(len(clients))
-    specs: list[Any] = []
-
-    def ask(client: ModelClient) -> None:
-        gate.wait()
-        specs.append(client.input_spec())
-        client.close()
-
-    threads = [threading.Thread(target=ask, args=(c,)) for c in clients]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(5)
-    assert specs == [(224, 0.875)] * len(clients)
-    assert [r.op for r in stub.requests] == [OP_PING]  # one ping for the process
-
-
-def test_a_failed_input_size_ping_is_not_repeated_by_every_thread(make_client, unused_tcp_port: int) -> None:
-    clients = [
-        make_client(model_server=f"127.0.0.1:{unused_tcp_port}", ready_timeout_ms=300) for _ in range(4)
-    ]
-    start = time.monotonic()
-    assert [c.input_spec() for c in clients] == [None] * 4
-    assert time.monotonic() - start < 0.6  # one 0.3 s ping, not four
+def test_the_input_size_is_asked_once_per_process_until_forgotten(
+    stubs, make_client, unused_tcp_port: int
+) -> None:
+    stub = stubs(unused_tcp_port, sized)
+    first, second = (make_client(model_server=f"127.0.0.1:{unused_tcp_port}") for _ in range(2))
+    assert first.input_spec() == second.input_spec() == (224, 0.875)
+    assert [r.op for r in stub.requests] == [OP_PING]  # the second thread knows it from the first
+    first.forget_input_spec()  # as when pixels sent at that size are refused: the model changed
+    assert second.input_spec() == (224, 0.875)
+    assert [r.op for r in stub.requests] == [OP_PING, OP_PING]  # forgotten for the whole process
 
 
 def test_server_started_after_the_send_still_answers(
     stubs, make_client, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(model_client, "CONNECT_WAIT_MS", 2_000)  # wait for the server as long as the try
+    monkeypatch.setattr(tiers, "CONNECT_WAIT_MS", 2_000)  # wait for the server as long as the try
     client = make_client(model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=2000, retries=0)
     timer = threading.Timer(0.15, stubs, args=(unused_tcp_port,))
     timer.start()

@@ -12,9 +12,11 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
+from services import imaging
 from services.config import ConfigError
 from services.protocol import Status
-from services.web import create_app, model_client
+from services.web import create_app
+from services.web.tiers import admission
 from services.web.views import ADMITTED, DOOR, REQUEST_START, parse_request_start
 
 
@@ -98,6 +100,17 @@ def test_pixels_refused_by_another_model_are_resent_as_the_upload(client, fake_m
     assert response.status_code == 200
     assert [call["shape"] for call in fake_model.calls] == [(16, 16, 3), None]
     assert fake_model.calls[1]["image"] == cat_jpeg.data
+    assert response.get_json()["timings_ms"]["preprocess"] == 4.0  # the server's own: it decoded the upload
+    assert post_file(client, "/api/v1/predict", cat_jpeg).status_code == 200
+    assert [call["shape"] for call in fake_model.calls] == [(16, 16, 3), None, None]  # the size was forgotten
+
+
+def test_without_decode_in_web_the_upload_goes_as_it_is(make_app, fake_model, cat_jpeg) -> None:
+    fake_model.input = (16, 0.875)
+    with make_app(decode_in_web=False).test_client() as client:
+        response = post_file(client, "/api/v1/predict", cat_jpeg)
+    assert response.status_code == 200 and response.get_json()["timings_ms"]["preprocess"] == 4.0
+    assert [(call["shape"], call["image"]) for call in fake_model.calls] == [(None, cat_jpeg.data)]
 
 
 @pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/octet-stream"])
@@ -179,7 +192,7 @@ def counter(name: str, **labels: str) -> float:
 def tiers(monkeypatch: pytest.MonkeyPatch) -> dict:
     """A fresh per-process model tier state (admission limits, outage), so tests do not share it."""
     fresh: dict = {}
-    monkeypatch.setattr(model_client, "_tiers", fresh)
+    monkeypatch.setattr("services.web.tiers._tiers", fresh)
     return fresh
 
 
@@ -252,7 +265,7 @@ def test_a_request_that_waited_longer_than_max_queue_wait_is_refused(make_app, f
 
 
 def test_saturated_model_tier_sheds_before_decoding(app, client, fake_model, cat_jpeg, tiers) -> None:
-    gate = model_client.admission(app.config["ZEROLENS"])
+    gate = admission(app.config["ZEROLENS"])
     gate.limit = 1.0  # as an OVERLOADED reply would leave it
     held = gate.try_acquire()  # one request of this process is with the model tier
     before = counter("zerolens_web_shed_requests_total", reason="saturated")
@@ -268,7 +281,7 @@ def test_the_loops_door_admits_api_classifications_and_the_view_keeps_its_ticket
     app, fake_model, cat_jpeg, tiers
 ):
     door = app.extensions[DOOR]  # what the worker's loop asks before a request waits for a thread
-    gate = model_client.admission(app.config["ZEROLENS"])
+    gate = admission(app.config["ZEROLENS"])
     gate.limit = 1.0
     assert door(b"GET", b"/api/v1/predict") is None and door(b"POST", b"/uploader") is None  # not governed
     ticket = door(b"POST", b"/api/v1/predict")
@@ -285,7 +298,7 @@ def test_overloaded_reply_is_a_503_and_lowers_the_admission_limit(app, client, f
     fake_model.status = Status.OVERLOADED
     response = post_file(client, "/api/v1/predict", cat_jpeg)
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
-    gate = model_client.admission(app.config["ZEROLENS"])
+    gate = admission(app.config["ZEROLENS"])
     assert gate.limit == 1.0 and gate.in_flight == 0  # one request was in flight: 0.9 of it, at least one
     fake_model.status = Status.BAD_IMAGE
     assert post_file(client, "/uploader", cat_jpeg).status_code == 400  # the ticket is returned on errors
@@ -309,6 +322,24 @@ def test_request_of_a_client_that_left_is_dropped_before_decoding(client, fake_m
     assert response.status_code == 499
     assert fake_model.calls == []
     assert counter("zerolens_web_dropped_requests_total", stage="before_decode") == before + 1
+
+
+def test_a_client_that_leaves_while_its_photo_is_decoded_is_dropped_before_the_send(
+    client, fake_model, cat_jpeg, tiers, peer, monkeypatch
+) -> None:
+    server_end, client_end = peer
+    fake_model.input = (16, 0.875)
+    fit = imaging.fit
+
+    def fit_while_the_client_leaves(*args: Any) -> Any:
+        client_end.close()
+        return fit(*args)
+
+    monkeypatch.setattr(imaging, "fit", fit_while_the_client_leaves)
+    before = counter("zerolens_web_dropped_requests_total", stage="before_send")
+    response = post_file(client, "/api/v1/predict", cat_jpeg, environ_base={"gunicorn.socket": server_end})
+    assert response.status_code == 499 and fake_model.calls == []
+    assert counter("zerolens_web_dropped_requests_total", stage="before_send") == before + 1
 
 
 def test_request_of_a_waiting_client_is_served(client, fake_model, cat_jpeg, tiers, peer) -> None:
