@@ -8,7 +8,7 @@ EXTRAS ?= web,model,weights,dev,bench
 MODEL_DIR ?= build/models/efficientnet_lite0
 WEB_PORT ?= 8000
 
-.PHONY: help venv model run test lint bench drills images deploy-tools chart-check kind-e2e clean
+.PHONY: help venv model run test lint settings bench drills images deploy-tools chart-check kind-e2e clean
 
 help:
 	@echo "make run    build the model if missing, start the model server and the web tier on :$(WEB_PORT)"
@@ -19,6 +19,7 @@ help:
 	@echo "make chart-check  offline Kubernetes checks: helm lint/template, kubernetes-validate, checkov, hadolint"
 	@echo "make kind-e2e     install the chart on a kind cluster and test it (needs kind and docker)"
 	@echo "make model  convert the packaged EfficientNet-Lite0 weights into $(MODEL_DIR)"
+	@echo "make settings    regenerate the chart schema, k8s/base/config and the README table from services/config.py"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +29,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-$(MODEL_DIR)/manifest.json: $(VENV)/.installed services/model/export.py services/model/artifacts.py services/model/checkpoint.py services/model/efficientnet_lite.py
-	$(BIN)/python -m services.model.export --out $(MODEL_DIR)
+# The exporter's code is its package plus the artifacts module, as in its manifest hash and Dockerfile.model.
+$(MODEL_DIR)/manifest.json: $(VENV)/.installed $(wildcard services/exporter/*.py) services/artifacts.py
+	$(BIN)/python -m services.exporter --out $(MODEL_DIR)
 
 model: $(MODEL_DIR)/manifest.json
 
@@ -37,8 +39,14 @@ run: model
 	WEB_PORT=$(WEB_PORT) MODEL_DIR=$(MODEL_DIR) BIN=$(BIN) ./scripts/run.sh
 
 lint: venv
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/ruff format --check services tests bench scripts
+	$(BIN)/python scripts/settings.py --check
+
+# After a change to services/config.py: the chart's schema and settings template, k8s/base/config and the
+# README's table of settings are generated from it.
+settings: venv
+	$(BIN)/python scripts/settings.py
 
 # GPU=1 also builds zerolens/model:dev-gpu. ZEROLENS_ENGINE=docker skips the podman setup.
 images:

@@ -27,7 +27,7 @@ from pathlib import Path
 import zmq
 from zmq.utils import z85
 
-from services.config import ConfigError, ZmqSecurity
+from services.config import ConfigError, ZmqLink
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _plaintext_warning(role: str) -> None:
     )
 
 
-def server_keys(cfg: ZmqSecurity) -> ServerKeys | None:
+def server_keys(cfg: ZmqLink) -> ServerKeys | None:
     """The model server's keys for cfg, or None with zmq_security=plaintext (logged as a warning)."""
     if cfg.zmq_security == "plaintext":
         _plaintext_warning("model server")
@@ -157,7 +157,7 @@ _client_cache: dict[tuple[str, str], ClientKeys | None] = {}
 _client_lock = threading.Lock()
 
 
-def client_keys(cfg: ZmqSecurity) -> ClientKeys | None:
+def client_keys(cfg: ZmqLink) -> ClientKeys | None:
     """The web tier's keys for cfg, read once per process; None with zmq_security=plaintext (warned once).
 
     :raise ConfigError: the keys are missing or bad.

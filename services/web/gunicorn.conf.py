@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 from services import keys
-from services.config import ConfigError, WebConfig, load
+from services.config import PROMETHEUS_MULTIPROC_ENV, ConfigError, WebConfig, load
 
 # Fail at start on a bad ZEROLENS_* setting or missing CurveZMQ keys, before any worker forks, in one line.
 # The keys are read here once; the workers inherit them.
@@ -38,20 +38,18 @@ def _reuse_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 32
 
 
 _reuse_freed_memory()
-_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_MULTIPROC_ENV = PROMETHEUS_MULTIPROC_ENV
 _created: list[str] = []  # metrics directories this config made (and removes on exit)
 
 wsgi_app = "services.web:create_app()"
-bind = os.environ.get("ZEROLENS_WEB_BIND", "0.0.0.0:8000")
+bind = _cfg.web_bind
 
 # gthread, with each request read by the worker's event loop before a thread gets it (services/web/front.py):
 # a slow or stalled client holds a socket, never a thread, so no proxy in front is needed for that. Each
 # worker serves `threads` requests at once; each thread keeps its own ZeroMQ socket (see model_client.py).
 worker_class = "services.web.front.BufferingThreadWorker"
-# About one process per core: with decode_in_web the threads decode photos, and Pillow releases the GIL while
-# it decodes and resizes. 2 × 4, 3 × 3 and 4 × 2 measured within noise of each other (docs/performance.md).
-workers = int(os.environ.get("ZEROLENS_WEB_WORKERS", "2"))
-threads = int(os.environ.get("ZEROLENS_WEB_THREADS", "4"))
+workers = _cfg.web_workers  # about one per core (docs/performance.md compares shapes)
+threads = _cfg.web_threads
 
 # A request waits at most request_timeout_ms for the model; give it that plus slack on every path, so
 # neither the worker watchdog nor a graceful stop (SIGTERM, rolling update) cuts an answer short.
@@ -68,14 +66,13 @@ limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
 
-# Trust X-Forwarded-* (scheme, client address) only from these proxies; "*" only when nothing else can
-# reach the pod directly (e.g. behind an ingress controller in the same cluster with a NetworkPolicy).
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# Trust X-Forwarded-* (scheme, client address) only from these proxies.
+forwarded_allow_ips = _cfg.forwarded_allow_ips
 
 # Logs go to stdout/stderr for the container runtime; %(M)s is the request time in milliseconds.
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("ZEROLENS_WEB_LOG_LEVEL", "info")
+loglevel = _cfg.web_log_level
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s" rid=%({x-request-id}o)s'
 logconfig_dict = {  # the app's own loggers (services.*) on stdout next to gunicorn's
     "version": 1,

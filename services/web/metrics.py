@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from services.config import PROMETHEUS_MULTIPROC_ENV as MULTIPROC_ENV
 
 # From 5 ms (a cached page) to 30 s (past every deadline): classification sits around 20–500 ms.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30)
