@@ -3,7 +3,7 @@
 Systems: zerolens (tflite and keras runtimes, CurveZMQ between the tiers; zerolens-plaintext: tflite without
 CurveZMQ, which prices the encryption; zerolens-gthread: tflite under gunicorn's plain gthread worker, which
 prices the web tier's slow-client-safe worker), in-process (the model inside the Flask worker) and seed (the
-teaching project's design). Each is started on free loopback ports, warmed up, then driven by the
+naive design zerolens started from). Each is started on free loopback ports, warmed up, then driven by the
 closed-loop load generator at each concurrency level for a fixed duration. Results go to
 bench/results/<time>/: results.json, results.md and PNG plots.
 """

@@ -64,8 +64,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 def verify(directory: str | Path, needed: Iterable[str] = ()) -> dict[str, Any]:
     """Check every file the manifest lists against its sha256, and that it lists each of `needed`.
 
-    A file the runtime loads but the manifest does not list could be anything, so it is refused too. Hashing
-    every listed file, not only the one a runtime loads, costs ~13 ms per 19 MB (SHA-NI, page cache warm).
+    A file the runtime loads but the manifest does not list could be anything, so it is refused too. Every
+    listed file is hashed, not only the one a runtime loads; at start that costs little (docs/performance.md).
 
     :return: the manifest.
     :raise ArtifactError: the first problem found, naming the file.

@@ -1,4 +1,6 @@
-"""The teaching project's design, re-implemented faithfully as a benchmark baseline only (never served).
+"""The naive design zerolens started from, re-implemented faithfully as a benchmark baseline (never served).
+
+docs/architecture.md ("Where it started") names the project it comes from.
 
 Web: a Flask view saves every upload to disk, base64-encodes it into JSON, and opens a NEW ZeroMQ context
 and REQ socket per request, then waits for the answer without a timeout. Model server: ROUTER/DEALER proxy,

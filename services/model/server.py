@@ -1,9 +1,9 @@
 """The model server's ZeroMQ shape: ROUTER frontend on tcp ↔ zmq.proxy ↔ DEALER backend on inproc ↔ workers.
 
-This is zguide's asyncsrv pattern (and the teaching project's), without its thread per request: a fixed
-set of workers feeds one Pipeline (decoder pool + dynamic batcher). Shutdown follows pyzmq's device
-example: terminating the context makes zmq.proxy raise ContextTerminated, and each thread closes the
-sockets it created.
+This is zguide's asyncsrv pattern, which the naive design zerolens started from also used
+(docs/architecture.md, "Where it started"), without that design's thread per request: a fixed set of workers
+feeds one Pipeline (decoder pool + dynamic batcher). Shutdown follows pyzmq's device example: terminating the
+context makes zmq.proxy raise ContextTerminated, and each thread closes the sockets it created.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class InMemoryRequest(Request):
         """Read the body in one call and keep it; the parsers then work from memory. 413 when too large.
 
         Werkzeug reads 8 KiB (raw body) or 64 KiB (multipart) at a time, and each small read makes
-        gunicorn copy all it has read ahead: quadratic in the body size (a 1.6 MB raw body: ~0.7 core-ms).
+        gunicorn copy all it has read ahead: quadratic in the body size (costs in docs/performance.md).
         """
         if getattr(self, "_cached_data", None) is not None:
             return

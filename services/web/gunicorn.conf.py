@@ -25,8 +25,9 @@ def _reuse_freed_memory(mmap_threshold: int = 16 << 20, trim_threshold: int = 32
     """Serve big buffers (uploads, decoded photos) from the heap instead of fresh mmap()s (glibc only).
 
     Each upload allocates and frees buffers of 0.1-2 MB; above glibc's mmap threshold every one is a new
-    mapping that page-faults in as it is touched: ~140 faults, ~0.4 core-ms per request (5 % of the web
-    tier's CPU). Set before the workers fork, so they inherit it. Memory stays bounded by the trim threshold.
+    mapping that page-faults in as it is touched, a measurable share of the web tier's CPU (figures in
+    docs/performance.md). Set before the workers fork, so they inherit it. Memory stays bounded by the trim
+    threshold.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

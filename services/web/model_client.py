@@ -113,6 +113,7 @@ class ModelClient:
             keys.make_client(client, curve)  # the model server admits only keys on its allow-list
         # Never keep unsent requests once we give up: close() and context.term() must not block on them.
         client.linger = 0
+        client.ipv6 = True  # discovery hands out IPv6 addresses too; without it libzmq never connects to them
         # Queue only for servers whose connection is complete: with the default, requests sent while a
         # server is down wait in a pipe and are delivered (stale) when it returns; here send fails fast.
         client.immediate = 1

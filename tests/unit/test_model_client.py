@@ -53,7 +53,7 @@ class StubServer:
     """A ROUTER in its own thread that speaks protocol.py and answers as its script says."""
 
     def __init__(self, port: int, script: Script, host: str = "127.0.0.1") -> None:
-        self.endpoint = f"tcp://{host}:{port}"
+        self.endpoint = protocol.tcp_endpoint(host, port)
         self.script = script
         self.requests: list[Request] = []
         self.peers: list[bytes] = []  # the routing id of each request's sender
@@ -74,6 +74,7 @@ class StubServer:
         pending: list[tuple[float, list[bytes], Any]] = []  # (due, envelope, reply)
         with zmq.Context() as context, context.socket(zmq.ROUTER) as frontend:
             frontend.linger = 0
+            frontend.ipv6 = True
             frontend.bind(self.endpoint)
             self._ready.set()
             while not self._stop.is_set():
@@ -150,6 +151,14 @@ def test_happy_path_returns_the_matching_reply(stubs, make_client, unused_tcp_po
     (request,) = stub.requests
     assert bytes(request.image) == b"\xff\xd8\xffphoto" and request.top_k == 3
     assert before_ms + 2900 <= request.deadline_ms <= time.time() * 1000 + 3000  # absolute, whole budget
+
+
+def test_a_server_on_an_ipv6_address_is_reached(stubs, make_client, unused_tcp_port: int) -> None:
+    stubs(unused_tcp_port, host="::1")
+    client = make_client(
+        model_server=f"tcp://[::1]:{unused_tcp_port}", attempt_timeout_ms=3000, request_timeout_ms=3000
+    )
+    assert client.classify(b"photo", top_k=1, request_id="v6").ok
 
 
 def test_silent_try_is_resent_on_a_new_socket(stubs, make_client, unused_tcp_port: int) -> None:
