@@ -77,33 +77,8 @@ for kube in "$MIN_KUBE" "$NEWEST_KUBE"; do
     kubernetes-validate --strict --quiet --kubernetes-version "$kube" "${renders[@]}"
 done
 
-# Bad values must fail, each with the message that tells the user what to change --------------------------------
-must_fail() {  # must_fail EXPECTED-MESSAGE HELM-ARGS...
-  local expected=$1 output
-  shift
-  if output=$(helm template zerolens "$CHART" "$@" 2>&1); then
-    echo "helm template $* succeeded; expected it to fail with: $expected"
-    return 1
-  fi
-  grep -qF -- "$expected" <<<"$output" || { echo "expected '$expected' in:"; echo "$output"; return 1; }
-}
-step "rejects gpu + tflite" must_fail "model.gpu.enabled requires model.runtime=keras" \
-  --set model.gpu.enabled=true --set model.runtime=tflite
-step "rejects a CPU image on GPU" must_fail "Use the
-    GPU build (--set model.image.tag=1.2.3-gpu)" \
-  --set model.gpu.enabled=true --set model.runtime=keras --set model.image.tag=1.2.3-cpu
-step "rejects attempt > request timeout" must_fail "web.modelClient.attemptTimeoutMs (20000) must not exceed" \
-  --set web.modelClient.attemptTimeoutMs=20000
-step "rejects a web CurveZMQ Secret alone" must_fail "curve.webExistingSecret (web-keys) needs curve.existingSecret" \
-  --set curve.webExistingSecret=web-keys
-step "schema: unknown runtime" must_fail 'model.runtime: model.runtime must be one of the following: "tflite", "keras"' \
-  --set model.runtime=tf
-step "schema: misspelt key" must_fail "Additional property maxBatchSze is not allowed" \
-  --set model.batching.maxBatchSze=8
-step "schema: empty image repository" must_fail "web.image.repository: String length must be greater than or equal to 1" \
-  --set web.image.repository=
-step "schema: zero batch size" must_fail "model.batching.maxBatchSize: Must be greater than or equal to 1" \
-  --set model.batching.maxBatchSize=0
+# Bad values (schema and _validate.tpl) are refused with the message that fixes them: tests/deploy/test_chart.py
+# and tests/deploy/test_settings.py check each one.
 
 # checkov ---------------------------------------------------------------------------------------------------------
 # checkov exits 0 having scanned nothing when a framework's tool (helm, kustomize) is missing or the render
