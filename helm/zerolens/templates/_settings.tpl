@@ -46,7 +46,11 @@ max_image_side: {{ .Values.limits.maxImageSide | toJson }}
 max_in_flight_per_client: {{ .Values.model.batching.maxInFlightPerClient | toJson }}
 max_queue_size: {{ .Values.model.batching.maxQueueSize | toJson }}
 max_upload_bytes: {{ .Values.limits.maxUploadBytes | toJson }}
+{{- with .Values.model.modelDir }}
+model_dir: {{ . | toJson }}
+{{- end }}
 model_name: {{ .Values.model.modelName | toJson }}
+model_runtime: {{ .Values.model.runtime | toJson }}
 pin_inference_threads: {{ .Values.model.pinInferenceThreads | toJson }}
 port: {{ .Values.model.ports.zmq | toJson }}
 preprocessing: {{ .Values.model.preprocessing | toJson }}
