@@ -259,8 +259,8 @@ def test_checksum_annotation_follows_each_settings_file() -> None:
     (["--set", "web.image.repository="],
      "web.image.repository: String length must be greater than or equal to 1"),
     (["--set", "web.modelClient.attemptTimeoutMs=20000"], "--set web.modelClient.attemptTimeoutMs=10000"),
-    (["--set", "model.gpu.enabled=true", "--set", "model.runtime=keras", "--set", "model.image.tag=1.2.3-cpu"],
-     "GPU build (--set model.image.tag=1.2.3-gpu)"),
+    (["--set", "model.gpu.enabled=true", "--set", "model.runtime=keras",
+      "--set", "model.image.tag=1.2.3-cpu"], "GPU build (--set model.image.tag=1.2.3-gpu)"),
     (["--set", "model.batching.maxBatchSze=8"], "Additional property maxBatchSze is not allowed"),
 ])  # fmt: skip
 def test_bad_values_fail_with_the_fix_in_the_message(args: list[str], expected: str) -> None:
