@@ -125,6 +125,9 @@ class WebConfig(ImageLimits, ZmqLink):
     )
     # "*" only when nothing but the ingress controller can reach the pods (e.g. with a NetworkPolicy).
     forwarded_allow_ips: str = setting("127.0.0.1,::1", "proxies trusted for X-Forwarded-* headers")
+    # A proxy that reuses a connection gunicorn has just closed as idle answers that request 502; above
+    # ingress-nginx's 60 s upstream keep-alive, it never does. An idle connection costs a socket, no thread.
+    web_keepalive_s: int = setting(75, "seconds an idle kept-alive connection stays open", above=0)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ threads = _cfg.web_threads
 _request_timeout_s = _cfg.request_timeout_ms / 1000
 timeout = max(30, int(_request_timeout_s) + 10)
 graceful_timeout = max(30, int(_request_timeout_s) + 5)
-keepalive = 5  # behind a load balancer, keep connections a little; its idle timeout should be longer
+keepalive = _cfg.web_keepalive_s
 
 # The request head: a longer request line is answered 414, more or longer header fields 431 (gunicorn's
 # plain-text answers). gunicorn's defaults, stated here because they bound the head a connection may hold

@@ -19,6 +19,7 @@ retries: {{ .Values.web.modelClient.retries | toJson }}
 retry_after_s: {{ .Values.web.retryAfterSeconds | toJson }}
 top_k: {{ .Values.web.topK | toJson }}
 web_bind: {{ (printf "0.0.0.0:%d" (int .Values.web.containerPort)) | toJson }}
+web_keepalive_s: {{ .Values.web.gunicorn.keepaliveSeconds | toJson }}
 web_log_level: {{ .Values.web.gunicorn.logLevel | toJson }}
 web_threads: {{ .Values.web.gunicorn.threads | toJson }}
 web_workers: {{ .Values.web.gunicorn.workers | toJson }}
