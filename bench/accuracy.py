@@ -89,7 +89,7 @@ def compare(model_dir: str) -> Agreement:
 
 
 if __name__ == "__main__":
-    from bench.servers import ensure_model
+    from tests.support.servers import ensure_model
 
     result = compare(str(ensure_model()))
     print(f"top-1 agreement {result.top1_same}/{result.total} ({result.top1_rate:.1%}); "

@@ -25,7 +25,16 @@ from tqdm import tqdm
 
 from bench import ceiling, loadgen, report
 from bench.photos import photo_set
-from bench.servers import BIN, ROOT, Proc, ensure_model, free_port, machine_busy_s, model_server, web_server
+from tests.support.servers import (
+    BIN,
+    ROOT,
+    Proc,
+    ensure_model,
+    free_port,
+    machine_busy_s,
+    model_server,
+    web_server,
+)
 
 # zerolens variants: the model runtime, the ZeroMQ security, extra gunicorn arguments
 ZEROLENS = {
@@ -56,7 +65,7 @@ def start_system(
     if name in ZEROLENS:
         runtime, security, gunicorn_args = ZEROLENS[name]
         model = model_server(tmp, runtime=runtime, zmq_security=security, **settings).start(timeout_s=180)
-        # if the web tier fails to start, the atexit net in bench.servers stops the model server
+        # if the web tier fails to start, the atexit net in tests.support.servers stops the model server
         web = web_server(tmp, model.ports["zmq"], zmq_security=security, **web_settings)
         web.argv += gunicorn_args
         web.start()

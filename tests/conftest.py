@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import io
 import os
@@ -14,8 +15,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bench.servers import Proc, free_port, model_server, web_server
 from services.protocol import Prediction, Reply, Status
+from tests.support.environ import clean_environ
+from tests.support.servers import Proc, free_port, model_server, web_server
 
 FAKE_LABELS = ["tiger cat", "Egyptian cat", "tabby", "lynx", "tiger", "cougar", "snow leopard"]
 
@@ -185,10 +187,9 @@ class FakeModelClient:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ZEROLENS_* (or prometheus multiprocess) setting of the developer's shell leaks into a test."""
-    for key in list(os.environ):
-        if key.startswith("ZEROLENS_") or key == "PROMETHEUS_MULTIPROC_DIR":
-            monkeypatch.delenv(key)
+    """No ZEROLENS_* (or PROMETHEUS_*) setting of the developer's shell leaks into a test."""
+    for key in os.environ.keys() - clean_environ().keys():
+        monkeypatch.delenv(key)
 
 
 @pytest.fixture
@@ -224,27 +225,28 @@ def client(app: Any) -> Iterator[Any]:
 @pytest.fixture
 def spawn() -> Iterator[Callable[[Proc], Proc]]:
     """Start a server process for one test; whatever happens, it is stopped when the test ends."""
-    started: list[Proc] = []
+    with contextlib.ExitStack() as started:  # stops them in reverse order
 
-    def start(proc: Proc, timeout_s: float = 120) -> Proc:
-        started.append(proc)
-        return proc.start(timeout_s)
+        def start(proc: Proc, timeout_s: float = 120) -> Proc:
+            return started.enter_context(proc.start(timeout_s))
 
-    yield start
-    for proc in reversed(started):
-        proc.stop()
+        yield start
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc]]:
+def stack_settings() -> dict[str, dict[str, object]]:
+    """Extra settings of the `stack` servers by tier; a test module overrides this fixture to change them."""
+    return {"model": {"max_batch_delay_ms": 10}, "web": {}}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, stack_settings: dict[str, dict[str, object]]
+) -> Iterator[tuple[Proc, Proc]]:
     """A real model server (TFLite) and a real gunicorn web tier, shared by a test module."""
     tmp = tmp_path_factory.mktemp("stack")
-    model = model_server(tmp, max_batch_delay_ms=10)
-    web = web_server(tmp, 0)
-    try:
-        model.start()
-        web.env["ZEROLENS_MODEL_SERVER"] = f"127.0.0.1:{model.ports['zmq']}"
-        yield model, web.start()
-    finally:
-        web.stop()
-        model.stop()
+    with (
+        model_server(tmp, **stack_settings["model"]).start() as model,
+        web_server(tmp, model.ports["zmq"], **stack_settings["web"]).start() as web,
+    ):
+        yield model, web

@@ -52,7 +52,7 @@ class BatchResult(Generic[Out]):
 @dataclass
 class _Item:
     value: Any
-    deadline: float | None  # time.monotonic() seconds
+    deadline: float | None  # the batcher's clock (time.monotonic()) seconds
     future: Future
     enqueued: float
 
@@ -72,6 +72,7 @@ class Batcher(Generic[In, Out]):
         observer: BatchObserver | None = None,
         pending: Callable[[], int] | None = None,
         threads: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -85,6 +86,9 @@ class Batcher(Generic[In, Out]):
         self.max_queue_size = max_queue_size
         self._observer = observer
         self._pending = pending
+        # Where the batcher reads the time (arrivals, closing a batch, deadlines, timings); a test passes a
+        # clock it moves by hand. Waits still take real time: an open batch reads the clock after each one.
+        self._clock = clock
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -104,7 +108,7 @@ class Batcher(Generic[In, Out]):
     def longest_call_s(self) -> float:
         """How long the oldest predict_batch call still running has been running (0 when none runs)."""
         started = list(self._running_since.values())  # a copy: the batcher threads change the dict
-        return time.monotonic() - min(started) if started else 0.0
+        return self._clock() - min(started) if started else 0.0
 
     def submit(self, value: In, deadline: float | None = None) -> Future[BatchResult[Out]]:
         """Queue one item; the future resolves to a BatchResult or fails.
@@ -118,7 +122,7 @@ class Batcher(Generic[In, Out]):
                 raise BatcherStopped("batcher is stopped")
             if len(self._queue) >= self.max_queue_size:
                 raise QueueFull(f"{len(self._queue)} requests already queued")
-            self._queue.append(_Item(value, deadline, future, time.monotonic()))
+            self._queue.append(_Item(value, deadline, future, self._clock()))
             self._cond.notify()
         return future
 
@@ -142,7 +146,7 @@ class Batcher(Generic[In, Out]):
                 while 0 < len(self._queue) < self.max_batch_size and not self._stopping:
                     if self._pending is not None and self._pending() <= 0:
                         break  # nothing else is on its way: waiting would only add latency
-                    remaining = close_at - time.monotonic()
+                    remaining = close_at - self._clock()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
@@ -155,7 +159,7 @@ class Batcher(Generic[In, Out]):
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Item]) -> None:
-        start = time.monotonic()
+        start = self._clock()
         live = []
         for item in batch:
             if not item.future.set_running_or_notify_cancel():
@@ -179,7 +183,7 @@ class Batcher(Generic[In, Out]):
             return
         finally:
             del self._running_since[me]
-        inference_s = time.monotonic() - start
+        inference_s = self._clock() - start
         for item, output in zip(live, outputs, strict=True):
             item.future.set_result(BatchResult(output, len(live), start - item.enqueued, inference_s))
         if self._observer is not None:

@@ -1,7 +1,8 @@
 """The upload page in a real browser: Debian's chromium driven by Playwright, against the real servers.
 
 Chromium comes from `scripts/test-tools.sh` (run by `make test`); Playwright never downloads a browser.
-The page is served by a real gunicorn talking to a real model server on free loopback ports.
+The page is served by the shared `stack` (tests/conftest.py): a real gunicorn talking to a real model server
+on free loopback ports.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench.servers import Proc, model_server, web_server
+from tests.support.servers import Proc
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +36,10 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: 
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory) -> Iterator[str]:
-    """A real model server and a real gunicorn web tier for this module; always stopped afterwards."""
-    tmp = tmp_path_factory.mktemp("browser-stack")
-    model = model_server(tmp, max_batch_delay_ms=2)
-    web: Proc | None = None
-    try:
-        model.start()
-        web = web_server(tmp, model.ports["zmq"])
-        web.start()
-        yield f"http://127.0.0.1:{web.ports['http']}"
-    finally:
-        if web is not None:
-            web.stop()
-        model.stop()
+def base_url(stack: tuple[Proc, Proc]) -> str:
+    """Where the shared stack's web tier serves the page."""
+    _, web = stack
+    return f"http://127.0.0.1:{web.ports['http']}"
 
 
 @pytest.fixture(scope="module")

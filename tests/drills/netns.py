@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
-from bench.servers import Proc
+from tests.support.servers import Proc
 
 
 def available() -> str | None:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from bench.servers import web_server
 from tests.drills.fakes import InProcess
+from tests.support.servers import web_server
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import pytest
 import requests
 
-from bench.servers import Proc, ensure_model, http_status, model_server, web_server
+from tests.support.servers import Proc, ensure_model, http_status, model_server, web_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.drill]
 

@@ -19,9 +19,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from bench.servers import Proc, model_server
 from services import keys, protocol
 from services.protocol import Request
+from tests.support.servers import Proc, model_server
 
 pytestmark = pytest.mark.integration
 

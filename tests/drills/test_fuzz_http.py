@@ -12,7 +12,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.servers import model_server, web_server
+from tests.support.servers import model_server, web_server
+
+pytestmark = pytest.mark.integration
 
 EXAMPLES = 1500
 RAW_EXAMPLES = 300

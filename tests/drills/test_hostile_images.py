@@ -28,8 +28,8 @@ import pytest
 import requests
 from PIL import Image
 
-from bench.servers import ROOT, Proc, model_server, web_server
 from tests.conftest import bomb_png
+from tests.support.servers import ROOT, Proc, model_server, web_server
 
 pytestmark = [pytest.mark.drill, pytest.mark.integration]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import Proc, free_port, web_server
+from tests.support.servers import Proc, free_port, web_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.drill]
 
@@ -41,11 +41,8 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """A gunicorn web tier with a CAP-byte body limit and no model server: every answer here is a refusal,
     decided before a model server would be asked."""
     tmp = tmp_path_factory.mktemp("limits")
-    proc = web_server(tmp, free_port(), zmq_security="plaintext", max_upload_bytes=CAP)
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
+    with web_server(tmp, free_port(), zmq_security="plaintext", max_upload_bytes=CAP).start() as proc:
+        yield proc
 
 
 @dataclass

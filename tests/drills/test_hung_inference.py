@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from bench.servers import http_status, web_server
 from services.model.server import HUNG_AFTER_TIMEOUTS
 from tests.drills.fakes import InProcess
+from tests.support.servers import http_status, web_server
 
 pytestmark = pytest.mark.integration
 

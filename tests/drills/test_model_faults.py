@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from bench.servers import Proc, free_port, model_server, web_server
 from tests.drills.load import HUNG_S, Load, percentile
+from tests.support.servers import Proc, free_port, model_server, web_server
 
 pytestmark = pytest.mark.integration
 

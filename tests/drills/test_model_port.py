@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from bench.servers import Proc, model_server
 from services import protocol
 from services.protocol import Reply, Request
+from tests.support.servers import Proc, model_server
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,8 @@ PIXELS = bytes(range(256)) * (224 * 224 * 3 // 256)  # 224×224×3: what the web
 @pytest.fixture
 def model(tmp_path: Path) -> Iterator[Proc]:
     """A fresh real model server (TFLite): each drill measures memory from its own baseline."""
-    proc = model_server(tmp_path, zmq_security="plaintext").start()
-    try:
+    with model_server(tmp_path, zmq_security="plaintext").start() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

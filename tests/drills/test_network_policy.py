@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from bench.servers import ROOT, Proc, model_server
 from tests.deploy.conftest import NAMESPACE, find, render
 from tests.drills import netns
 from tests.drills.netns import _run
+from tests.support.servers import ROOT, Proc, model_server
 
 pytestmark = pytest.mark.integration
 

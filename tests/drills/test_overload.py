@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import multipart
-from bench.servers import model_server, web_server
+from tests.support.servers import model_server, web_server
 
 pytestmark = pytest.mark.integration
 
@@ -118,22 +118,18 @@ def measure(
 
     Each run is warmed up for WARMUP_S first, and comes with the web tier's /metrics before and after it.
     """
-    model = model_server(tmp, max_queue_size=queue).start()
-    try:
-        web = web_server(tmp, model.ports["zmq"], web_threads=WEB_THREADS).start()
-        try:
-            port = web.ports["http"]
-            runs = []
-            for backoff in backoffs:
-                hammer(port, body, content_type, backoff, WARMUP_S)
-                before = web_metrics(port)
-                run = hammer(port, body, content_type, backoff, MEASURE_S)
-                runs.append((run, before, web_metrics(port)))
-            return runs
-        finally:
-            web.stop()
-    finally:
-        model.stop()
+    with (
+        model_server(tmp, max_queue_size=queue).start() as model,
+        web_server(tmp, model.ports["zmq"], web_threads=WEB_THREADS).start() as web,
+    ):
+        port = web.ports["http"]
+        runs = []
+        for backoff in backoffs:
+            hammer(port, body, content_type, backoff, WARMUP_S)
+            before = web_metrics(port)
+            run = hammer(port, body, content_type, backoff, MEASURE_S)
+            runs.append((run, before, web_metrics(port)))
+        return runs
 
 
 def overloaded_replies(metrics_text: str) -> float:

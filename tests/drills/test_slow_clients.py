@@ -6,13 +6,12 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from bench.servers import Proc, model_server, web_server
+from tests.support.servers import web_server
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +21,9 @@ ROUNDS = 4  # seconds of attack
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Proc]]:
-    tmp = tmp_path_factory.mktemp("slow")
-    model = model_server(tmp).start()
-    web = web_server(tmp, model.ports["zmq"], client_header_timeout_s=30, client_body_timeout_s=30)
-    try:
-        yield model, web.start()
-    finally:
-        web.stop()
-        model.stop()
+def stack_settings() -> dict[str, dict[str, object]]:
+    """The shared `stack` (tests/conftest.py): the model's defaults, web deadlines slow clients can meet."""
+    return {"model": {}, "web": {"client_header_timeout_s": 30, "client_body_timeout_s": 30}}
 
 
 def _predict(port: int, data: bytes) -> tuple[int, float]:
@@ -119,8 +112,7 @@ def test_slow_clients_hold_no_thread(stack, photos, drill_record):
 
 
 def test_a_half_sent_head_gets_408_and_is_closed(tmp_path, drill_record):
-    web = web_server(tmp_path, 1, client_header_timeout_s=1, client_body_timeout_s=1).start()
-    try:
+    with web_server(tmp_path, 1, client_header_timeout_s=1, client_body_timeout_s=1).start() as web:
         port = web.ports["http"]
         results = {}
         for name, partial in {
@@ -140,8 +132,6 @@ def test_a_half_sent_head_gets_408_and_is_closed(tmp_path, drill_record):
             start = time.monotonic()
             assert idle.recv(4096) == b""
             results["silent"] = (b"closed", time.monotonic() - start)
-    finally:
-        web.stop()
     drill_record(
         "B4",
         "A half-sent request (timeouts set to 1 s)",

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from bench.servers import model_server, web_server
 from tests.drills.load import AsyncLoad, percentile
+from tests.support.servers import model_server, web_server
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from bench.servers import model_server, web_server
 from tests.drills.load import Load
+from tests.support.servers import model_server, web_server
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,10 @@ from tests.conftest import Upload
 URL = os.environ.get("ZEROLENS_E2E_URL", "").rstrip("/")
 
 # The one allowed skip: these tests need a cluster, which `make kind-e2e` (GitHub Actions) provides.
-pytestmark = pytest.mark.skipif(not URL, reason="needs a cluster: set ZEROLENS_E2E_URL (make kind-e2e does)")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not URL, reason="needs a cluster: set ZEROLENS_E2E_URL (make kind-e2e does)"),
+]
 
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
 

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from bench.servers import web_server
 from tests.drills.fakes import InProcess
 from tests.drills.test_overload import counter
+from tests.support.servers import web_server
 
 pytestmark = pytest.mark.integration
 

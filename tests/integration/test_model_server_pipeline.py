@@ -25,6 +25,8 @@ from services.model.metrics import ServerMetrics
 from services.model.server import ModelServer
 from services.protocol import Request, Status
 
+pytestmark = pytest.mark.integration
+
 
 class FakeRuntime:
     """Class = the image's mean brightness // 26 (so a test knows the answer); can be held on a gate."""
@@ -56,6 +58,11 @@ def wait_until(condition, timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < end, "condition not reached"
         threading.Event().wait(0.005)
+
+
+def sample(server: ModelServer, name: str, **labels: str) -> float | None:
+    """A sample of the server's metrics, as /metrics shows it; None for a labelled series not created yet."""
+    return server.metrics.registry.get_sample_value(name, labels)
 
 
 def grey_jpeg(level: int, size: int = 320) -> bytes:
@@ -202,7 +209,7 @@ def test_malformed_frames_get_errors_and_the_server_keeps_serving(make_server, c
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 10)
     assert Client(ctx, server.port).call(grey_jpeg(200)).status is Status.OK
-    assert server.metrics.malformed._value.get() >= len(cases)
+    assert sample(server, "zerolens_model_malformed_messages_total") >= len(cases)
 
 
 def test_full_queue_answers_overloaded_at_once(make_server, ctx, fake_runtime):
@@ -336,7 +343,7 @@ def test_a_client_over_its_share_is_refused_alone(make_server, ctx, fake_runtime
     reply = other.recv()
     assert reply.request_id == rid and reply.status is Status.OK
     wait_until(lambda: server.pipeline.clients() == 0)  # nothing kept per client once it is answered
-    assert server.metrics.refused.labels("client_limit")._value.get() == 1
+    assert sample(server, "zerolens_model_refused_requests_total", reason="client_limit") == 1
 
 
 def test_messages_with_too_many_frames_or_bytes_are_dropped_and_counted(make_server, ctx):
@@ -344,13 +351,13 @@ def test_messages_with_too_many_frames_or_bytes_are_dropped_and_counted(make_ser
     raw = ctx.socket(zmq.DEALER)
     raw.linger = 0
     raw.connect(f"tcp://127.0.0.1:{server.port}")
-    dropped = server.metrics.dropped
+    dropped = "zerolens_model_dropped_messages_total"
     raw.send_multipart([b"x"] * 1000)
-    wait_until(lambda: dropped.labels("frames")._value.get() == 1)
+    wait_until(lambda: sample(server, dropped, reason="frames") == 1)
     # Each frame is under the frame limit (1000 + 64 KiB); together they are over the message limit.
     chunk = b"\0" * 60_000
     raw.send_multipart([b"", protocol.VERSION, chunk, chunk, chunk])
-    wait_until(lambda: dropped.labels("bytes")._value.get() == 1)
+    wait_until(lambda: sample(server, dropped, reason="bytes") == 1)
     assert not raw.poll(0)  # no replies to those
     assert Client(ctx, server.port).call(grey_jpeg(200)).status is Status.TOO_LARGE  # still serving
     raw.close()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from bench.servers import Proc, http_status, model_server, web_server
+from tests.support.servers import Proc, http_status, model_server, web_server
 
 pytestmark = pytest.mark.integration
 
@@ -170,18 +172,72 @@ def test_keras_runtime_serves_the_same_answers(tmp_path, photos, spawn):
     assert model.stop() == 0
 
 
+# `python -m services.model` itself (settings, keys, SIGTERM handler, drain), with a runtime that holds every
+# batch until the test releases it. The runtime connects to the test's gate (port: argv[1]), writes one line
+# per batch that reaches it (its image count) and waits for a byte, or for the test to close the gate.
+GATED_MODEL_SERVER = """
+import contextlib, socket, sys, threading
+import numpy as np
+from services.model import __main__ as entry
+
+class GatedRuntime:
+    name, labels = "gated", [f"class-{i}" for i in range(10)]
+
+    def __init__(self, port):
+        self._gate = socket.create_connection(("127.0.0.1", port))
+        self._lock, self._released = threading.Lock(), threading.Event()
+        threading.Thread(target=self._await_release, daemon=True).start()
+
+    def _await_release(self):
+        with contextlib.suppress(OSError):
+            self._gate.recv(1)
+        self._released.set()
+
+    def predict_batch(self, images):
+        with self._lock, contextlib.suppress(OSError):
+            self._gate.sendall(b"%d\\n" % len(images))
+        self._released.wait(60)
+        out = np.full((len(images), len(self.labels)), 0.01, dtype=np.float32)
+        out[:, 3] = 0.91
+        return out
+
+entry._load_model = lambda cfg, metrics: GatedRuntime(int(sys.argv[1]))
+sys.exit(entry.main())
+"""
+
+
 def test_sigterm_drains_in_flight_requests(tmp_path, photos, spawn):
-    model = spawn(model_server(tmp_path, max_batch_delay_ms=200, max_batch_size=64))
-    web = spawn(web_server(tmp_path, model.ports["zmq"]))
-    with ThreadPoolExecutor(4) as pool:
+    """SIGTERM while the model holds four requests: all four are answered 200, a new one is refused (503)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(30)
+        # one inference worker per request, so every request is inside the model, none waits in the queue
+        held_model = model_server(tmp_path, inference_workers=4)
+        held_model.argv = [sys.executable, "-c", GATED_MODEL_SERVER, str(listener.getsockname()[1])]
+        model = spawn(held_model)
+        gate, _ = listener.accept()
+    # one web process: its single input-size ping comes before the drain, so the only refusal is `late`'s
+    web = spawn(web_server(tmp_path, model.ports["zmq"], web_workers=1, web_threads=5))
+    with ThreadPoolExecutor(4) as pool, gate, gate.makefile("rb") as batches:
+        gate.settimeout(30)
         futures = [pool.submit(predict, web, photos["coffee.jpg"]) for _ in range(4)]
-        deadline = time.monotonic() + 10
-        while (in_flight := model_metric(model, "zerolens_model_in_flight")) < 1:
-            assert time.monotonic() < deadline, "requests never reached the model server"
-        # The batch stays open for 200 ms: SIGTERM lands while these requests are in flight.
-        assert model.stop(signal.SIGTERM) == 0
+        held = 0
+        while held < 4:  # a line per batch that reached the model: wait until it holds all four
+            line = batches.readline()
+            assert line, f"the model server closed the gate:\n{model.log()}"
+            held += int(line)
+        model.proc.send_signal(signal.SIGTERM)
+        # The server's main thread handles the signal on its own time; the held batches keep it draining.
+        readyz, deadline = f"http://127.0.0.1:{model.ports['health']}/readyz", time.monotonic() + 10
+        while requests.get(readyz, timeout=5).text != "draining\n":
+            assert time.monotonic() < deadline, "SIGTERM did not start the drain"
+            time.sleep(0.01)
+        late = predict(web, photos["coffee.jpg"])
+        refused = model_metric(model, 'zerolens_model_refused_requests_total{reason="draining"}', 0.0)
+        gate.sendall(b"x")  # release the four held requests
         codes = [f.result().status_code for f in futures]
-    assert codes.count(200) >= in_flight and set(codes) <= {200, 503}, codes
+    assert codes == [200] * 4, codes
+    assert late.status_code == 503 and refused == 1, (late.status_code, late.text, refused)
+    assert model.proc.wait(30) == 0  # drained, then exited cleanly
 
 
 def test_requests_spread_over_several_model_servers_and_survive_one_dying(tmp_path, photos, spawn):

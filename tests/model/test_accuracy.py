@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import accuracy
-from bench.servers import ensure_model
+from tests.support.servers import ensure_model
+
+pytestmark = pytest.mark.integration  # both runtimes over every test photo
 
 
 def test_fast_path_agrees_with_the_reference_pipeline():

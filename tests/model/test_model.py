@@ -22,6 +22,8 @@ from services import config, imaging
 from services.exporter import export
 from services.model.runtime import ModelError, Runtime, load_runtime, preprocess_into, warm_up
 
+pytestmark = pytest.mark.integration  # TensorFlow: exports the model and runs both runtimes
+
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
 
 
@@ -37,7 +39,11 @@ def model_input(photo: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def photos() -> dict[str, np.ndarray]:
+def model_inputs() -> dict[str, np.ndarray]:
+    """The real photos (chelsea, coffee, china) as the runtime gets them: 224×224×3 uint8 arrays.
+
+    Not the root conftest's `photos` (uploads as a browser sends them): these are already decoded.
+    """
     from skimage import data
     from sklearn.datasets import load_sample_image
 
@@ -78,29 +84,31 @@ def test_labels_are_in_keras_order(runtime: Runtime) -> None:
     )
 
 
-def test_chelsea_is_a_cat(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
-    assert {label for label, _ in top(runtime, photos["chelsea"])} & CATS
+def test_chelsea_is_a_cat(runtime: Runtime, model_inputs: dict[str, np.ndarray]) -> None:
+    assert {label for label, _ in top(runtime, model_inputs["chelsea"])} & CATS
 
 
-def test_coffee_is_espresso(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
-    label, p = top(runtime, photos["coffee"])[0]
+def test_coffee_is_espresso(runtime: Runtime, model_inputs: dict[str, np.ndarray]) -> None:
+    label, p = top(runtime, model_inputs["coffee"])[0]
     assert label == "espresso" and p > 0.8
 
 
-def test_china_is_a_palace(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
-    assert top(runtime, photos["china"])[0][0] == "palace"
+def test_china_is_a_palace(runtime: Runtime, model_inputs: dict[str, np.ndarray]) -> None:
+    assert top(runtime, model_inputs["china"])[0][0] == "palace"
 
 
-def test_output_is_probabilities(runtime: Runtime, photos: dict[str, np.ndarray]) -> None:
-    out = runtime.predict_batch(np.stack(list(photos.values())))
+def test_output_is_probabilities(runtime: Runtime, model_inputs: dict[str, np.ndarray]) -> None:
+    out = runtime.predict_batch(np.stack(list(model_inputs.values())))
     assert out.shape == (3, 1000) and out.dtype == np.float32
     assert (out >= 0).all()
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-4)
 
 
 @pytest.mark.parametrize("n", [3, 5])  # 3 pads up to 4; 5 runs as 4 + 1
-def test_a_batch_equals_singles(runtime: Runtime, photos: dict[str, np.ndarray], n: int) -> None:
-    images = np.stack([*photos.values(), photos["coffee"][::-1], photos["china"][:, ::-1]][:n])
+def test_a_batch_equals_singles(runtime: Runtime, model_inputs: dict[str, np.ndarray], n: int) -> None:
+    images = np.stack(
+        [*model_inputs.values(), model_inputs["coffee"][::-1], model_inputs["china"][:, ::-1]][:n]
+    )
     batch = runtime.predict_batch(images)
     singles = np.concatenate([runtime.predict_batch(image[None]) for image in images])
     np.testing.assert_allclose(batch, singles, atol=1e-5)
@@ -112,8 +120,8 @@ def test_an_empty_batch_and_a_wrong_shape(runtime: Runtime) -> None:
         runtime.predict_batch(np.zeros((1, 200, 200, 3), np.uint8))
 
 
-def test_tflite_and_keras_agree(model_dir: str, photos: dict[str, np.ndarray]) -> None:
-    images = np.stack(list(photos.values()))
+def test_tflite_and_keras_agree(model_dir: str, model_inputs: dict[str, np.ndarray]) -> None:
+    images = np.stack(list(model_inputs.values()))
     outs = [
         load_runtime(make_config(model_dir, model_runtime=r)).predict_batch(images)
         for r in ("tflite", "keras")
@@ -121,9 +129,11 @@ def test_tflite_and_keras_agree(model_dir: str, photos: dict[str, np.ndarray]) -
     assert np.abs(outs[0] - outs[1]).max() < 1e-4
 
 
-def test_tflite_inference_workers_run_side_by_side(model_dir: str, photos: dict[str, np.ndarray]) -> None:
+def test_tflite_inference_workers_run_side_by_side(
+    model_dir: str, model_inputs: dict[str, np.ndarray]
+) -> None:
     rt = load_runtime(make_config(model_dir, inference_workers=2, inference_threads=1))
-    images = np.stack(list(photos.values()))
+    images = np.stack(list(model_inputs.values()))
     expected = rt.predict_batch(images)
     with ThreadPoolExecutor(4) as pool:  # more callers than interpreter sets: they take turns
         results = list(pool.map(lambda _: rt.predict_batch(images), range(8)))
@@ -146,14 +156,14 @@ class _CountingInterpreter:
 
 
 def test_tflite_lone_image_takes_the_multithreaded_interpreter(
-    model_dir: str, photos: dict[str, np.ndarray]
+    model_dir: str, model_inputs: dict[str, np.ndarray]
 ) -> None:
     rt = load_runtime(
         make_config(model_dir, inference_workers=2, inference_threads=2, batch_inference_threads=1)
     )
     assert rt._solo is not None
     solo = rt._solo[1] = _CountingInterpreter(rt._solo[1])
-    images = np.stack(list(photos.values()))
+    images = np.stack(list(model_inputs.values()))
     together = rt.predict_batch(images)  # a batch: the single-threaded interpreters
     assert solo.invokes == 0
     alone = np.concatenate([rt.predict_batch(image[None]) for image in images])
@@ -176,14 +186,14 @@ class _AffinityRecorder(_CountingInterpreter):
 @pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs (Linux)"
 )
-def test_tflite_lone_image_pool_is_pinned(model_dir: str, photos: dict[str, np.ndarray]) -> None:
+def test_tflite_lone_image_pool_is_pinned(model_dir: str, model_inputs: dict[str, np.ndarray]) -> None:
     allowed = os.sched_getaffinity(0)
     unpinned = load_runtime(make_config(model_dir, inference_threads=2, pin_inference_threads="off"))
     assert unpinned._pinning is None
     rt = load_runtime(make_config(model_dir, inference_threads=2, pin_inference_threads="on"))
     assert rt._pinning is not None and len(rt._pinning.worker_cpus) == 1
     solo = rt._solo[1] = _AffinityRecorder(rt._solo[1])
-    image = photos["chelsea"][None]
+    image = model_inputs["chelsea"][None]
     np.testing.assert_allclose(rt.predict_batch(image), unpinned.predict_batch(image), atol=1e-5)
     assert solo.invokes == 1
     assert solo.seen == allowed - rt._pinning.worker_cpus  # off the pool's CPU while it ran

@@ -27,6 +27,42 @@ class Recorder:
         return [2 * x for x in items]
 
 
+class FakeClock:
+    """The batcher's clock, moved by hand; says when a batcher thread has read it since the test last acted.
+
+    The batcher reads the clock under its lock, as `submit` does, so a batcher read that follows the test's
+    latest submit or move saw that item or that time, and has decided whether the open batch closes.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._test_thread = threading.get_ident()
+        self._cond = threading.Condition()
+        self._ticks = 0  # reads and moves so far
+        self._test_tick = 0  # the latest by the test's thread (a submit reads the clock, a move sets it)
+        self._batcher_tick = 0  # the latest read by any other thread
+
+    def __call__(self) -> float:
+        with self._cond:
+            self._ticks += 1
+            if threading.get_ident() == self._test_thread:
+                self._test_tick = self._ticks
+            else:
+                self._batcher_tick = self._ticks
+            self._cond.notify_all()
+            return self.now
+
+    def move_to(self, now: float) -> None:
+        with self._cond:
+            self._ticks += 1
+            self._test_tick, self.now = self._ticks, now
+
+    def batcher_looked(self, timeout_s: float = 5) -> bool:
+        """Wait until a batcher thread reads the clock after the test's latest submit or move."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._batcher_tick > self._test_tick, timeout_s)
+
+
 @pytest.fixture
 def make_batcher() -> Iterator[Callable[..., Batcher]]:
     """Starts batchers for a test and stops them afterwards, whether the test passed or not."""
@@ -60,21 +96,29 @@ def test_full_batch_closes_before_timeout(make_batcher):
 
 def test_partial_batch_waits_for_a_third_item(make_batcher):
     model = Recorder()
-    b = make_batcher(model, max_batch_size=3, max_batch_delay_ms=1_000_000)
+    clock = FakeClock()
+    b = make_batcher(model, max_batch_size=3, max_batch_delay_ms=1_000_000, clock=clock)
     first = [b.submit(i) for i in range(2)]
-    time.sleep(0.1)
+    assert clock.batcher_looked()  # the batcher has seen both items and chosen to wait
     assert not any(f.done() for f in first)  # two items must not finish until a third fills the batch
     third = b.submit(2)
-    assert third.result(timeout=5).batch_size == 3
+    assert [f.result(timeout=5).batch_size for f in [*first, third]] == [3, 3, 3]
+    assert model.batches == [[0, 1, 2]]
 
 
 def test_batch_closes_after_delay(make_batcher):
     model = Recorder()
-    b = make_batcher(model, max_batch_size=100, max_batch_delay_ms=30)
+    clock = FakeClock()
+    b = make_batcher(model, max_batch_size=100, max_batch_delay_ms=30, clock=clock)
     futures = [b.submit(i) for i in range(5)]
+    assert clock.batcher_looked()
+    clock.move_to(0.029)  # a millisecond before the batch is due
+    assert clock.batcher_looked()  # it read the new time after its wait and kept the batch open
+    assert not any(f.done() for f in futures)
+    clock.move_to(0.030)
     results = [f.result(timeout=5) for f in futures]
     assert model.batches == [[0, 1, 2, 3, 4]]
-    assert all(r.queue_s >= 0.02 for r in results)
+    assert [r.queue_s for r in results] == [0.030] * 5  # closed exactly max_batch_delay_ms after the first
 
 
 def test_zero_delay_still_batches_items_already_waiting(make_batcher):
@@ -179,15 +223,20 @@ def test_bad_arguments_fail_in_the_constructor(kw):
 
 def test_pending_hint_closes_a_lone_item_at_once_and_waits_for_known_arrivals(make_batcher):
     model = Recorder()
+    clock = FakeClock()  # never moved: only the hint or a full batch can close one
     on_the_way = [0]
-    b = make_batcher(model, max_batch_size=8, max_batch_delay_ms=1_000_000, pending=lambda: on_the_way[0])
+    b = make_batcher(
+        model, max_batch_size=8, max_batch_delay_ms=1_000_000, pending=lambda: on_the_way[0], clock=clock
+    )
     assert b.submit(1).result(timeout=5).batch_size == 1  # nothing else coming: no wait despite the delay
     on_the_way[0] = 2
     first = b.submit(2)
-    time.sleep(0.1)
+    assert clock.batcher_looked()  # it has seen the item and the hint
     assert not first.done()  # two more are known to be coming: the batch stays open
     on_the_way[0] = 1
     b.submit(3)
+    assert clock.batcher_looked()
+    assert not first.done()  # one more is still coming
     on_the_way[0] = 0
     last = b.submit(4)
     assert first.result(timeout=5).batch_size == 3 and last.result(timeout=5).batch_size == 3

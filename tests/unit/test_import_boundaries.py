@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from tests.support.environ import clean_environ
 
 REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = (
@@ -28,14 +29,20 @@ FORBIDDEN = (
 PROBE = textwrap.dedent(
     """
     import json, sys
+    import zmq
+    contexts = []  # every ZeroMQ context created from here on, wherever it is made
+    _init = zmq.Context.__init__
+    def _counted(self, *args, **kwargs):
+        contexts.append(self)
+        _init(self, *args, **kwargs)
+    zmq.Context.__init__ = _counted
     import services.web
-    from services.web import model_client
     app = services.web.create_app()
     with app.test_client() as client:
         status = client.get("/").status_code
     forbidden = json.loads(sys.argv[1])
     loaded = sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in forbidden))
-    print(json.dumps({"loaded": loaded, "context": model_client._context is not None, "page": status}))
+    print(json.dumps({"loaded": loaded, "context": bool(contexts), "page": status}))
     """
 )
 
@@ -55,11 +62,10 @@ MODEL_PROBE = textwrap.dedent(
 
 def _probe(code: str, forbidden: Iterable[str], **environ: str) -> Any:
     """Run `code` in a fresh interpreter, so nothing this process loaded counts; its last line, parsed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZEROLENS_", "PROMETHEUS_"))}
     done = subprocess.run(
         [sys.executable, "-c", code, json.dumps(list(forbidden))],
         cwd=REPO,
-        env={**env, **environ},
+        env=clean_environ(**environ),
         capture_output=True,
         text=True,
         timeout=60,

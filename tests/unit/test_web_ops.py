@@ -21,6 +21,7 @@ from werkzeug.test import encode_multipart
 from services.config import WebConfig
 from services.protocol import Status
 from services.web.model_client import ModelTimeout, ModelUnavailable
+from tests.support.environ import clean_environ
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,8 +89,7 @@ def test_metrics_sum_over_workers_in_multiprocess_mode(tmp_path: Path) -> None:
             print(client.get("/metrics").get_data(as_text=True))
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLENS_")}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    env = clean_environ(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
@@ -130,6 +130,25 @@ def test_gunicorn_config_sets_up_multiprocess_metrics(clean_env, monkeypatch: py
     settings["on_starting"](server)
     path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     assert path.is_dir()
-    settings["child_exit"](server, SimpleNamespace(pid=12345))
+    # a worker that has served: it inherits the directory, counts a request and sets a live gauge, then exits
+    worker_script = textwrap.dedent(
+        """
+        import os
+        from prometheus_client import Counter, Gauge
+        Counter("worker_requests", "requests served").inc()
+        Gauge("worker_busy_threads", "busy threads", multiprocess_mode="livesum").set(1)
+        print(os.getpid())
+        """
+    )
+    worker = subprocess.run(
+        [sys.executable, "-c", worker_script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert worker.returncode == 0, worker.stderr
+    pid = int(worker.stdout)
+    live, counted = path / f"gauge_livesum_{pid}.db", path / f"counter_{pid}.db"
+    assert live.is_file() and counted.is_file()
+    settings["child_exit"](server, SimpleNamespace(pid=pid))
+    assert not live.exists()  # a dead worker's live gauges stop counting
+    assert counted.is_file()  # its counters still add to the totals
     settings["on_exit"](server)
     assert not path.exists()

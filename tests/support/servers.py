@@ -1,7 +1,8 @@
 """Real server processes for the integration tests and the benchmark: the model server and gunicorn.
 
 Each starts on free loopback ports (never 8000/5576/8081), is waited on through its readiness endpoint
-(no fixed sleeps), and is stopped by its owner. The pair talks CurveZMQ by default, with keys generated once
+(no fixed sleeps), and is stopped by its owner: `with model_server(tmp).start() as model:` stops it when the
+block ends, however it ends. The pair talks CurveZMQ by default, with keys generated once
 into <tmp>/curve (curve_keys()), which every server started with the same tmp shares.
 """
 
@@ -20,8 +21,11 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.environ import clean_environ
+
+ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "build" / "models" / "efficientnet_lite0"
 BIN = Path(sys.executable).parent
 
@@ -48,7 +52,7 @@ def http_status(url: str, timeout: float = 2.0) -> int:
 
 @dataclass
 class Proc:
-    """A started server process and how to reach it."""
+    """A server process, how to reach it, and, as a context manager, its stop: `with proc.start() as p:`."""
 
     name: str
     argv: list[str]
@@ -61,18 +65,36 @@ class Proc:
     children: int = 0  # child processes it has once ready (gunicorn's workers boot after the first answers)
 
     def start(self, timeout_s: float = 120) -> Proc:
+        """Start the process and wait until it is ready; if it is not, stop it and raise RuntimeError."""
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _running.append(self)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            if self._ready() and len(_children(self.proc.pid)) >= self.children:
-                return self
-            time.sleep(0.1)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+                if self._ready() and len(_children(self.proc.pid)) >= self.children:
+                    return self
+                time.sleep(0.1)
+        except BaseException:  # it exited, or the wait was interrupted (Ctrl-C): leave nothing running
+            with contextlib.suppress(RuntimeError):
+                self.stop()
+            raise
         self.stop()
         raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.log()}")
+
+    def __enter__(self) -> Proc:
+        """The started process itself (start() returns it, so `with model_server(tmp).start() as model:`)."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was never started: write `with server.start() as proc:`")
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop it however the block ended (SIGTERM; a process still running 30 s later is killed)."""
+        self.stop()
 
     def run_to_exit(
         self, timeout_s: float = 60, watch: Callable[[], None] | None = None, poll_s: float = 0.05
@@ -217,7 +239,7 @@ def model_server(
     """A model server process (not started yet) on free ports; CurveZMQ with curve_keys(tmp) by default."""
     port = port or free_port()
     health = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLENS_")}
+    env = clean_environ()
     env |= {
         "ZEROLENS_HOST": "127.0.0.1",
         "ZEROLENS_PORT": str(port),
@@ -252,7 +274,7 @@ def web_server(
     CurveZMQ with the keys of a model_server() given the same tmp, unless curve_keys_dir says otherwise.
     """
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLENS_")}
+    env = clean_environ()
     env |= {
         "ZEROLENS_WEB_BIND": f"127.0.0.1:{port}",
         "ZEROLENS_MODEL_SERVER": f"127.0.0.1:{model_port}",
