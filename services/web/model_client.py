@@ -31,8 +31,8 @@ from services.web.tiers import tier_state
 log = logging.getLogger(__name__)
 Shape = tuple[int, int, int]  # rgb8 pixels: height, width, channels
 
-
 SEND_POLL_MS = 20  # while no server is connected yet, re-check this often (connects take a few ms)
+LOST_CHECK_MS = 100  # while a reply is awaited, re-check this often that some server is still connected
 RECONNECT_IVL_MS = 100  # first reconnect after a server vanished: soon, a restarted pod is back quickly
 RECONNECT_IVL_MAX_MS = 1_000  # backoff cap: a SYN a second to a dead endpoint; a returning one waits ≤ 1 s
 SOCKET_HWM = 16  # one request in flight per socket; a deep queue would only hold stale work
@@ -204,13 +204,15 @@ class ModelClient:
                 client.poll(min(left_ms, SEND_POLL_MS), zmq.POLLOUT)
 
     def _receive(self, client: zmq.Socket, request_id: str, attempt_end: float) -> Reply | None:
-        """The reply to request_id, or None at attempt_end; replies to earlier requests are dropped."""
+        """The reply to request_id; None at attempt_end, or once no server is connected (it is lost)."""
         while True:
             left_ms = (attempt_end - time.monotonic()) * 1000
             if left_ms <= 0:
                 return None
-            if not client.poll(math.ceil(left_ms), zmq.POLLIN):
-                continue  # poll counts whole milliseconds: end only once attempt_end has really passed
+            if not client.poll(min(math.ceil(left_ms), LOST_CHECK_MS), zmq.POLLIN):  # whole ms: not early
+                if self._monitor is not None and self.servers_up() == 0:
+                    return None
+                continue
             try:
                 frames = client.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -267,6 +269,8 @@ class ModelClient:
             reply = self._receive(client, request.request_id, attempt_end)
             if reply is None:
                 self._silent(flight, attempt)
+                if time.monotonic() < attempt_end:  # no server is connected any more: 503 now, no resend
+                    break
                 continue
             if reply.status is not Status.OVERLOADED:
                 flight.record(reply.status.value.lower())
@@ -277,8 +281,8 @@ class ModelClient:
 
     def _silent(self, flight: _Flight, attempt: int) -> None:
         """Lazy Pirate after a try that got no reply: drop the socket, so a resend starts on a new one."""
-        rid, ms = flight.request.request_id, flight.attempt_s * 1000
-        log.warning("request %s: no reply in %.0f ms (try %d of %d)", rid, ms, attempt + 1, flight.tries)
+        rid = flight.request.request_id
+        log.warning("request %s: no reply (try %d of %d)", rid, attempt + 1, flight.tries)
         self._reset()
         flight.failure = "timeout"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -43,6 +44,14 @@ def overloaded(request: Request, n: int) -> list[tuple[float, Any]]:
 def sized(request: Request, n: int) -> list[tuple[float, Any]]:
     """A ping reply that tells the model's input size."""
     return [(0.0, Reply(request.request_id, Status.OK, model="stub", input_size=224, crop_fraction=0.875))]
+
+
+def until(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll a state of the stub (no fixed sleeps); fail if it is not reached in time."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        threading.Event().wait(0.005)
 
 
 def retries_counted(reason: str) -> float:
@@ -159,6 +168,21 @@ def test_a_server_on_an_ipv6_address_is_reached(stubs, make_client, unused_tcp_p
         model_server=f"tcp://[::1]:{unused_tcp_port}", attempt_timeout_ms=3000, request_timeout_ms=3000
     )
     assert client.classify(b"photo", top_k=1, request_id="v6").ok
+
+
+def test_a_try_ends_when_its_only_server_goes_away(stubs, make_client, unused_tcp_port: int) -> None:
+    stub = stubs(unused_tcp_port, ignore)
+    client = make_client(
+        model_server=f"127.0.0.1:{unused_tcp_port}", attempt_timeout_ms=20_000, request_timeout_ms=30_000
+    )
+    started = time.monotonic()
+    with ThreadPoolExecutor(1) as pool:
+        outcome = pool.submit(client.classify, b"photo", 1)
+        until(lambda: len(stub.requests) == 1)
+        stub.stop()  # a server that drained and closed: the request it held will never be answered
+        with pytest.raises(ModelUnavailable):
+            outcome.result()
+    assert time.monotonic() - started < 10  # not the 20 s the try may last: the connection told us
 
 
 def test_silent_try_is_resent_on_a_new_socket(stubs, make_client, unused_tcp_port: int) -> None:
