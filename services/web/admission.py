@@ -14,6 +14,10 @@ from services.protocol import Reply, Status
 # Admission: an OVERLOADED reply cuts the process's limit to this fraction of what was in flight (Netflix
 # concurrency-limits' AIMD uses 0.9; 0.5 halves as TCP does but leaves the queue idle after each cut).
 ADMISSION_BACKOFF = 0.9
+# An OK reply raises the limit by this over the limit: a quarter of a request per round of replies. Each
+# probe past the queue's capacity ends in an OVERLOADED reply, a decode thrown away; growing a whole request
+# a round, as TCP does, probed four times as often.
+ADMISSION_GROWTH = 0.25
 ADMISSION_MAX = 4096  # "no limit": the limit only matters once an OVERLOADED reply has set it
 
 
@@ -44,11 +48,11 @@ class Admission:
     decoded the photo for nothing. So each process learns how much the tier takes from its replies, as TCP
     learns a path's capacity: an OVERLOADED reply cuts the limit to ADMISSION_BACKOFF × the requests then in
     flight, once per round (requests admitted before a cut do not cut again); an OK reply raises it by
-    1/limit (about one per round of replies) when the server says its queue never filled while it held the
-    request (or does not say), and this process had all of its limit in flight. Growing only into room the
-    server reported, and only a limit in use, keeps the probes that end in OVERLOADED, each a decode thrown
-    away, rare. Over the limit a request is refused before any work (the
-    worker's loop asks before the request waits for a thread: views.py installs it). The queues are shared
+    ADMISSION_GROWTH/limit when the server says its queue never filled while it held the request (or does
+    not say), and this process had all of its limit in flight. Growing slowly, only into room the server
+    reported and only a limit in use, keeps the probes that end in OVERLOADED, each a decode thrown away,
+    rare. Over the limit a request is refused before any work (the worker's loop asks before the request
+    waits for a thread: views.py installs it). The queues are shared
     with every other web process; each process settles at its share without knowing how many there are, and
     nothing is cached about the servers that could go stale: the limit moves only on replies.
     """
@@ -83,7 +87,7 @@ class Admission:
                     self.limit = max(1.0, min(self.limit, self.in_flight + 1) * ADMISSION_BACKOFF)
                     self._epoch += 1
             elif ticket.status is Status.OK and ticket.room is not False and self._limit_in_use():
-                self.limit = min(float(ADMISSION_MAX), self.limit + 1 / self.limit)
+                self.limit = min(float(ADMISSION_MAX), self.limit + ADMISSION_GROWTH / self.limit)
 
     def _limit_in_use(self) -> bool:
         """Whether all of the limit was in flight as a ticket came back (its own included).

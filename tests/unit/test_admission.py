@@ -6,7 +6,7 @@ import pytest
 
 from services import protocol
 from services.protocol import Reply, Status
-from services.web.admission import Admission
+from services.web.admission import ADMISSION_GROWTH, Admission
 
 
 def test_admission_is_unlimited_until_the_tier_is_overloaded() -> None:
@@ -41,10 +41,10 @@ def test_served_replies_raise_the_limit_and_one_request_always_passes() -> None:
     assert first is not None and gate.try_acquire() is None
     first.status = Status.OK
     gate.release(first)
-    assert gate.limit == 2.0  # +1/limit per reply served
+    assert gate.limit == 1 + ADMISSION_GROWTH  # +ADMISSION_GROWTH/limit per reply served
     no_reply = gate.try_acquire()
     gate.release(no_reply)  # no reply (a timeout, a refused upload): no signal either way
-    assert gate.limit == 2.0
+    assert gate.limit == 1 + ADMISSION_GROWTH
 
 
 def test_a_ticket_is_given_back_once() -> None:
@@ -68,7 +68,7 @@ def test_limit_grows_only_while_the_server_reports_room() -> None:
     assert gate.try_acquire() is not None  # the limit is full again
     spare.answered(Reply("b", Status.OK, queue_depth=7, queue_capacity=8))
     gate.release(spare)
-    assert gate.limit == 2.5
+    assert gate.limit == 2 + ADMISSION_GROWTH / 2
 
 
 def test_limit_grows_only_while_the_process_uses_all_of_it() -> None:
@@ -81,4 +81,4 @@ def test_limit_grows_only_while_the_process_uses_all_of_it() -> None:
     tickets = [gate.try_acquire() for _ in range(4)]
     tickets[0].status = Status.OK
     gate.release(tickets[0])
-    assert gate.limit == 4.25
+    assert gate.limit == 4 + ADMISSION_GROWTH / 4

@@ -282,7 +282,7 @@ def test_saturated_model_tier_sheds_before_decoding(app, client, fake_model, cat
     held.status = Status.OK
     gate.release(held)
     assert post_file(client, "/api/v1/predict", cat_jpeg).status_code == 200
-    assert gate.in_flight == 0 and gate.limit == 2.0  # raised by the reply that came while the limit was full
+    assert gate.in_flight == 0 and gate.limit > 1.0  # raised by replies that came while the limit was full
 
 
 def test_the_loops_door_admits_api_classifications_and_the_view_keeps_its_ticket(
