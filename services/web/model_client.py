@@ -270,6 +270,7 @@ class ModelClient:
             if reply is None:
                 self._silent(flight, attempt)
                 if time.monotonic() < attempt_end:  # no server is connected any more: 503 now, no resend
+                    self.tier.down_since = self.tier.down_since or time.monotonic()  # the others fail fast
                     break
                 continue
             if reply.status is not Status.OVERLOADED:

@@ -183,6 +183,7 @@ def test_a_try_ends_when_its_only_server_goes_away(stubs, make_client, unused_tc
         with pytest.raises(ModelUnavailable):
             outcome.result()
     assert time.monotonic() - started < 10  # not the 20 s the try may last: the connection told us
+    assert client.tier.down_since is not None  # the process's other threads now fail fast too
 
 
 def test_silent_try_is_resent_on_a_new_socket(stubs, make_client, unused_tcp_port: int) -> None:
