@@ -154,9 +154,9 @@ def k8s_config(tier: str, paths: dict[str, str], overrides: dict[str, Any], head
     in_env = sorted(IN_ENV & {f.name for f in dataclasses.fields(cls)})
     if in_env:
         lines.append(f"# Set in the Deployment's environment instead: {', '.join(in_env)}")
-    values = K8S_VALUES | overrides
+    values, left_out = K8S_VALUES | overrides, IN_ENV | KEPT | optional(paths)
     for f in sorted(dataclasses.fields(cls), key=lambda f: f.name):
-        if f.name not in IN_ENV | KEPT | optional(paths):
+        if f.name not in left_out:
             lines.append(f"{f.name}: {json.dumps(values.get(f.name, f.default))}")
     return "\n".join(lines) + "\n"
 

@@ -175,12 +175,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True  # tidy HTML from indented templates
 
     # imported here so that importing the package creates nothing and pulls in no routes
-    from services.web import errors, metrics, model_client, views
+    from services.web import clients, errors, metrics, views
 
     app.register_blueprint(views.bp)
     app.after_request(_discard_unread_body)
     errors.register_error_handlers(app)
-    model_client.init_app(app)
+    clients.init_app(app)
     metrics.init_app(app)
     return app
 

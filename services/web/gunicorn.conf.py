@@ -47,7 +47,7 @@ bind = _cfg.web_bind
 
 # gthread, with each request read by the worker's event loop before a thread gets it (services/web/front.py):
 # a slow or stalled client holds a socket, never a thread, so no proxy in front is needed for that. Each
-# worker serves `threads` requests at once; each thread keeps its own ZeroMQ socket (see model_client.py).
+# worker serves `threads` requests at once; each thread keeps its own ZeroMQ socket (see clients.py).
 worker_class = "services.web.front.BufferingThreadWorker"
 workers = _cfg.web_workers  # about one per core (docs/performance.md compares shapes)
 threads = _cfg.web_threads

@@ -1,8 +1,5 @@
-"""Lazy Pirate DEALER client to the model servers, one socket per thread: get_client/close_client/init_app.
+"""Lazy Pirate DEALER client to the model servers, one socket per thread (clients.py hands them out).
 
-Shape of flaskr's db.py: the client is opened lazily on first use, so no ZeroMQ object exists before
-gunicorn forks its workers (a context inherited across fork asserts, pyzmq issue 1049). Each process
-has one context; each gthread request thread owns one DEALER socket, reused from request to request.
 What one thread learns about the model tier (it is down, it is full, its input size) is kept per process
 in a TierState (tiers.py), so that every thread of the worker knows it at once.
 """
@@ -12,14 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
-from flask import Flask, current_app, g
 from zmq.utils.monitor import recv_monitor_message
 
 from services import keys, protocol
@@ -194,8 +187,7 @@ class ModelClient:
                 # Re-read each round: another thread may find the tier down while this one waits.
                 left_ms = (min(attempt_end, start + tier.connect_wait_s()) - time.monotonic()) * 1000
                 if left_ms <= 0:
-                    if tier.down_since is None:
-                        tier.down_since = start
+                    tier.mark_down(start)
                     where = sorted(self._connected) or "-"
                     log.warning(
                         "request %s: no model server connected at %s", flight.request.request_id, where
@@ -270,7 +262,7 @@ class ModelClient:
             if reply is None:
                 self._silent(flight, attempt)
                 if time.monotonic() < attempt_end:  # no server is connected any more: 503 now, no resend
-                    self.tier.down_since = self.tier.down_since or time.monotonic()  # the others fail fast
+                    self.tier.mark_down(time.monotonic())  # the process's other threads fail fast too
                     break
                 continue
             if reply.status is not Status.OVERLOADED:
@@ -348,56 +340,3 @@ class ModelClient:
     def forget_input_spec(self) -> None:
         """Drop the model's input size for the whole process: the next thread that needs it asks again."""
         self.tier.input_spec = None
-
-
-# --- per-process context, per-thread client ----------------------------------------------------------
-
-_lock = threading.Lock()
-_context: zmq.Context | None = None
-_context_pid: int | None = None
-_local = threading.local()
-
-
-def _process_context() -> zmq.Context:
-    """This process's context, created on first use (after gunicorn's fork) and again in a forked child."""
-    global _context, _context_pid
-    with _lock:
-        if _context is None or _context_pid != os.getpid():
-            _context = zmq.Context()  # never reuse (or term) a context inherited across fork
-            _context_pid = os.getpid()
-        return _context
-
-
-def thread_client(cfg: WebConfig) -> ModelClient:
-    """This thread's client for cfg, created on first use and kept for the thread's next requests."""
-    client: ModelClient | None = getattr(_local, "client", None)
-    if client is not None and client.cfg == cfg and _local.pid == os.getpid():
-        return client
-    if client is not None and _local.pid == os.getpid():
-        client.close()  # another app config in the same thread (tests): don't leak the old socket
-    _local.client = ModelClient(cfg, _process_context())
-    _local.pid = os.getpid()
-    return _local.client
-
-
-ClientFactory = Callable[[WebConfig], object]
-
-
-def get_client() -> ModelClient:
-    """The model client for this request: the app's MODEL_CLIENT factory (tests) or this thread's client."""
-    if "model_client" not in g:
-        factory: ClientFactory = current_app.config.get("MODEL_CLIENT") or thread_client
-        g.model_client = factory(current_app.config["ZEROLENS"])
-    return g.model_client
-
-
-def close_client(exc: BaseException | None = None) -> None:
-    """Release the request's client; after an unexpected error also close its socket (state unknown)."""
-    client = g.pop("model_client", None)
-    if client is not None and exc is not None and hasattr(client, "close"):
-        client.close()
-
-
-def init_app(app: Flask) -> None:
-    """Register the per-request release with the app."""
-    app.teardown_appcontext(close_client)

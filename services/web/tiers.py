@@ -35,6 +35,11 @@ class TierState:
         self._spec_failed_at: float | None = None  # monotonic: when the last input-size ping failed
         self._spec_lock = threading.Lock()  # one input-size ping at a time; the other threads wait for it
 
+    def mark_down(self, since: float) -> None:
+        """Note an outage from `since` (monotonic), unless one is noted already."""
+        if self.down_since is None:
+            self.down_since = since
+
     def connect_wait_s(self) -> float:
         """How long a try may wait for a server to connect: briefly once the tier is known to be down."""
         return (CONNECT_WAIT_MS if self.down_since is None else FAST_FAIL_WAIT_MS) / 1000

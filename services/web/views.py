@@ -25,9 +25,10 @@ from services.protocol import MAX_TOP_K
 from services.web import metrics
 from services.web.admission import Ticket
 from services.web.classify import Photo, send_photo
+from services.web.clients import get_client
 from services.web.errors import raise_for_reply
 from services.web.front import ADMITTED, DOOR, DRAINING, REQUEST_START
-from services.web.model_client import ModelTimeout, ModelUnavailable, get_client
+from services.web.model_client import ModelTimeout, ModelUnavailable
 from services.web.tiers import admission
 
 bp = Blueprint("web", __name__)
@@ -261,12 +262,11 @@ def _install_door(state: BlueprintSetupState) -> None:
     a 503 from the loop at once, however many requests wait for threads (the form's page keeps its HTML)."""
     app = state.app
     gate = partial(admission, app.config["ZEROLENS"])
+    routes = app.url_map.bind("localhost")  # matches against the routes as they are when asked
 
     def door(method: bytes, target: bytes) -> Ticket | bool | None:
         try:  # the app's own routing: the loop's answer is about exactly the requests predict() serves
-            endpoint, _ = app.url_map.bind("localhost").match(
-                target.decode("latin-1"), method.decode("latin-1")
-            )
+            endpoint, _ = routes.match(target.decode("latin-1"), method.decode("latin-1"))
         except HTTPException:  # not found, another method, a redirect: nothing to say
             return None
         if endpoint != f"{bp.name}.{predict.__name__}":

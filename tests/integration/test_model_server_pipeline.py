@@ -24,6 +24,7 @@ from services.model.health import HealthServer
 from services.model.metrics import ServerMetrics
 from services.model.server import ModelServer
 from services.protocol import Request, Status
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +51,6 @@ class FakeRuntime:
         for row, image in zip(out, images, strict=True):
             row[int(image.mean()) // 26] = 0.91
         return out
-
-
-def wait_until(condition, timeout_s: float = 10.0) -> None:
-    """Poll a condition on the server's state (no fixed sleeps)."""
-    end = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        threading.Event().wait(0.005)
 
 
 def sample(server: ModelServer, name: str, **labels: str) -> float | None:

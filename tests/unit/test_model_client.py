@@ -14,95 +14,15 @@ from prometheus_client import REGISTRY
 
 from services import protocol
 from services.config import WebConfig, load
-from services.protocol import OP_PING, Prediction, Reply, Request, Status
-from services.web import model_client, tiers
+from services.protocol import OP_PING, Reply, Request, Status
+from services.web import tiers
 from services.web.model_client import ModelClient, ModelTimeout, ModelUnavailable
-
-# A script answers the n-th request (from 0) with [(delay_s, Reply or raw frames), ...]; [] ignores it.
-Script = Callable[[Request, int], list[tuple[float, Any]]]
-
-
-def ok(request: Request, model: str = "stub") -> Reply:
-    """An OK reply with one prediction per requested label, as a model server would send."""
-    predictions = [Prediction(f"label {i}", i, 1.0 / (i + 2)) for i in range(request.top_k)]
-    timings = {"queue": 0.5, "inference": 3.0}
-    return Reply(request.request_id, Status.OK, None, predictions, timings, batch_size=1, model=model)
-
-
-def answer(request: Request, n: int) -> list[tuple[float, Any]]:
-    return [(0.0, ok(request))]
-
-
-def ignore(request: Request, n: int) -> list[tuple[float, Any]]:
-    return []
-
-
-def overloaded(request: Request, n: int) -> list[tuple[float, Any]]:
-    return [(0.0, Reply(request.request_id, Status.OVERLOADED, "queue full"))]
-
-
-def sized(request: Request, n: int) -> list[tuple[float, Any]]:
-    """A ping reply that tells the model's input size."""
-    return [(0.0, Reply(request.request_id, Status.OK, model="stub", input_size=224, crop_fraction=0.875))]
-
-
-def until(check: Callable[[], bool], timeout_s: float = 10) -> None:
-    """Poll a state of the stub (no fixed sleeps); fail if it is not reached in time."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        threading.Event().wait(0.005)
+from tests.support.stub_router import Script, StubServer, answer, ignore, ok, overloaded, sized
+from tests.support.waiting import wait_until
 
 
 def retries_counted(reason: str) -> float:
     return REGISTRY.get_sample_value("zerolens_web_model_retries_total", {"reason": reason}) or 0.0
-
-
-class StubServer:
-    """A ROUTER in its own thread that speaks protocol.py and answers as its script says."""
-
-    def __init__(self, port: int, script: Script, host: str = "127.0.0.1") -> None:
-        self.endpoint = protocol.tcp_endpoint(host, port)
-        self.script = script
-        self.requests: list[Request] = []
-        self.peers: list[bytes] = []  # the routing id of each request's sender
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"stub {self.endpoint}", daemon=True)
-
-    def start(self) -> StubServer:
-        self._thread.start()
-        assert self._ready.wait(5), "stub server did not start"
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        pending: list[tuple[float, list[bytes], Any]] = []  # (due, envelope, reply)
-        with zmq.Context() as context, context.socket(zmq.ROUTER) as frontend:
-            frontend.linger = 0
-            frontend.ipv6 = True
-            frontend.bind(self.endpoint)
-            self._ready.set()
-            while not self._stop.is_set():
-                now = time.monotonic()
-                for item in [p for p in pending if p[0] <= now]:
-                    pending.remove(item)
-                    _, envelope, reply = item
-                    frames = protocol.encode_reply(reply) if isinstance(reply, Reply) else reply
-                    frontend.send_multipart(envelope + frames[1:])  # the envelope ends with the delimiter
-                wait_ms = min([10.0] + [(p[0] - now) * 1000 for p in pending])
-                if not frontend.poll(max(wait_ms, 0), zmq.POLLIN):
-                    continue
-                envelope, body = protocol.split_envelope(frontend.recv_multipart())
-                request = protocol.decode_request(body)
-                self.peers.append(envelope[0])
-                n = len(self.requests)
-                self.requests.append(request)
-                for delay_s, reply in self.script(request, n):
-                    pending.append((time.monotonic() + delay_s, envelope, reply))
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +98,7 @@ def test_a_try_ends_when_its_only_server_goes_away(stubs, make_client, unused_tc
     started = time.monotonic()
     with ThreadPoolExecutor(1) as pool:
         outcome = pool.submit(client.classify, b"photo", 1)
-        until(lambda: len(stub.requests) == 1)
+        wait_until(lambda: len(stub.requests) == 1)
         stub.stop()  # a server that drained and closed: the request it held will never be answered
         with pytest.raises(ModelUnavailable):
             outcome.result()
@@ -406,23 +326,3 @@ def test_client_follows_the_resolved_addresses(stubs, make_client, unused_tcp_po
     assert client.classify(b"img", top_k=1).ok
     assert time.monotonic() - start < 2.0  # not lost in the old connection (no 4 s attempt timeout)
     assert (len(old.requests), len(new.requests)) == (1, 1)
-
-
-def test_each_thread_gets_its_own_client_and_the_process_one_context(monkeypatch) -> None:
-    monkeypatch.setattr(model_client, "_context", None)
-    monkeypatch.setattr(model_client, "_local", threading.local())
-    cfg = load(WebConfig, environ={})
-    here = model_client.thread_client(cfg)
-    assert model_client.thread_client(cfg) is here
-    seen: list[ModelClient] = []
-
-    def other_thread() -> None:
-        seen.append(model_client.thread_client(cfg))
-        seen[-1].close()  # a socket is closed by the thread that owns it
-
-    worker = threading.Thread(target=other_thread)
-    worker.start()
-    worker.join()
-    assert seen[0] is not here and seen[0]._context is here._context
-    here.close()
-    here._context.term()
