@@ -16,7 +16,8 @@ help:
 	@echo "make drills run the reliability drills (tests/drills) and write docs/reliability.md"
 	@echo "make bench  benchmark zerolens against the ceiling and the baselines (BENCH_ARGS=--help)"
 	@echo "make images build zerolens/web:dev and zerolens/model:dev-cpu (GPU=1 adds dev-gpu)"
-	@echo "make chart-check  offline Kubernetes checks: helm lint/template, kubernetes-validate, checkov, hadolint"
+	@echo "make chart-check  offline Kubernetes checks: helm lint/template, kubernetes-validate, operator CRD schemas,"
+	@echo "                  promtool, checkov, hadolint"
 	@echo "make kind-e2e     install the chart on a kind cluster and test it (needs kind and docker)"
 	@echo "make model  convert the packaged EfficientNet-Lite0 weights into $(MODEL_DIR)"
 	@echo "make settings    regenerate the chart schema, k8s/base/config and the README table from services/config.py"
@@ -42,6 +43,7 @@ lint: venv
 	$(BIN)/ruff check services tests bench scripts
 	$(BIN)/ruff format --check services tests bench scripts
 	$(BIN)/python scripts/settings.py --check
+	$(BIN)/openapi-spec-validator services/web/openapi.yaml
 
 # After a change to services/config.py: the chart's schema and settings template, k8s/base/config and the
 # README's table of settings are generated from it.

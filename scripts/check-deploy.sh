@@ -5,6 +5,10 @@
 #   helm lint --strict and helm template     defaults and every helm/zerolens/ci/*.yaml
 #   kubectl kustomize                        k8s/overlays/*
 #   kubernetes-validate --strict             every render, against Kubernetes 1.27 and the newest it ships
+#                                            (without the operators' kinds, which it has no schema for)
+#   scripts/operator_objects.py check        ServiceMonitors, PrometheusRules, ScaledObjects and the Grafana
+#                                            dashboard against the operators' CRD models; their PromQL parsed
+#   promtool check rules                     the PrometheusRules' groups, as Prometheus would load them
 #   bad values                               helm template must fail, with the message a user needs
 #   checkov                                  chart (helm), k8s/ (kustomize), Dockerfile.* (if present)
 #   hadolint, actionlint, yamllint, shellcheck
@@ -16,7 +20,7 @@ TOOLS=build/tools
 OUT=build/deploy-check  # renders and reports, for a look after a failure
 MIN_KUBE=1.27.0         # oldest Kubernetes the chart supports (Chart.yaml kubeVersion)
 
-if [[ ! -x $TOOLS/bin/helm || ! -x $TOOLS/venv/bin/checkov ]]; then
+if [[ ! -x $TOOLS/bin/helm || ! -x $TOOLS/venv/bin/checkov || ! -x $TOOLS/bin/promtool || ! -x $TOOLS/crd-venv/bin/python ]]; then
   echo "deploy tools missing in $TOOLS: run scripts/deploy-tools.sh first" >&2
   exit 2
 fi
@@ -57,12 +61,14 @@ value_files() {  # value_files LABEL: sets $values to the -f argument for a ci/ 
 value_sets=(defaults)
 for file in "$CHART"/ci/*.yaml; do value_sets+=("$(basename "$file" .yaml)"); done
 renders=()
+chart_renders=()
 for label in "${value_sets[@]}"; do
   value_files "$label"
   step "helm lint --strict ($label)" helm lint --strict "$CHART" "${values[@]}"
   step "helm template ($label)" \
     to_file "$OUT/chart-$label.yaml" helm template zerolens "$CHART" "${values[@]}"
   renders+=("$OUT/chart-$label.yaml")
+  chart_renders+=("$OUT/chart-$label.yaml")
 done
 
 # The plain manifests --------------------------------------------------------------------------------------------
@@ -72,10 +78,31 @@ for overlay in k8s/overlays/*/; do
   renders+=("$OUT/k8s-$label.yaml")
 done
 
-for kube in "$MIN_KUBE" "$NEWEST_KUBE"; do
-  step "kubernetes-validate --strict $kube (${#renders[@]} renders)" \
-    kubernetes-validate --strict --quiet --kubernetes-version "$kube" "${renders[@]}"
+# The Prometheus Operator's and KEDA's kinds (ci/monitoring*.yaml) are checked against their own schemas below;
+# kubernetes-validate would only warn that it has none and pass them.
+OPERATORS=("$TOOLS/crd-venv/bin/python" scripts/operator_objects.py)
+core_renders=()
+for render in "${renders[@]}"; do
+  core=${render%.yaml}.core.yaml
+  "${OPERATORS[@]}" core "$render" >"$core" || { echo "FAIL  split $render"; failures+=("split $render"); }
+  core_renders+=("$core")
 done
+for kube in "$MIN_KUBE" "$NEWEST_KUBE"; do
+  step "kubernetes-validate --strict $kube (${#core_renders[@]} renders)" \
+    kubernetes-validate --strict --quiet --kubernetes-version "$kube" "${core_renders[@]}"
+done
+
+# Monitoring and autoscaling objects ---------------------------------------------------------------------------
+check_rules() {  # check_rules RENDER...: each render's PrometheusRules as one rule file, loaded by promtool
+  local render files=()
+  for render in "$@"; do
+    "${OPERATORS[@]}" rules "$render" >"${render%.yaml}.rules.yaml" || return 1
+    files+=("${render%.yaml}.rules.yaml")
+  done
+  promtool check rules "${files[@]}"
+}
+step "operator schemas (${#chart_renders[@]} renders)" "${OPERATORS[@]}" check "${chart_renders[@]}"
+step "promtool check rules (${#chart_renders[@]} renders)" check_rules "${chart_renders[@]}"
 
 # Bad values (schema and _validate.tpl) are refused with the message that fixes them: tests/deploy/test_chart.py
 # and tests/deploy/test_settings.py check each one.
@@ -103,7 +130,7 @@ EOF
 }
 # minimal.yaml turns the NetworkPolicies and PDBs off on purpose: it is linted and validated above, not held to
 # checkov.
-for label in defaults cpu-kind gpu ingress-tls; do
+for label in defaults cpu-kind gpu ingress-tls monitoring; do
   value_files "$label"
   step "checkov helm ($label)" checkov_scan "helm-$label" -d "$CHART" --framework helm "${values[@]/--values/--var-file}"
 done

@@ -30,6 +30,7 @@ CONFIG_FILE_ENV = "ZEROLENS_CONFIG"
 IMAGE_CONFIG_ENV = "ZEROLENS_IMAGE_CONFIG"
 # prometheus-client's multiprocess directory (the web tier's gunicorn workers share their samples there)
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class ConfigError(ValueError):
@@ -81,7 +82,19 @@ class ZmqLink:
 
 
 @dataclass(frozen=True)
-class WebConfig(ImageLimits, ZmqLink):
+class Telemetry:
+    """Logs and traces, shared by both tiers (services/logs.py, services/tracing.py)."""
+
+    # console reads well in a terminal (`make run`); json is one object per line for a log collector.
+    log_format: str = setting(
+        "console", "log lines: console (readable) or json (one object per line)", choices=("console", "json")
+    )
+    # e.g. http://otel-collector:4318; spans go to its /v1/traces. Empty: OpenTelemetry is never imported.
+    otlp_endpoint: str = setting("", "OTLP/HTTP collector that receives traces; empty: no tracing")
+
+
+@dataclass(frozen=True)
+class WebConfig(ImageLimits, ZmqLink, Telemetry):
     """The Flask/gunicorn web tier."""
 
     # "host:port" (a host name is resolved to ALL its addresses, e.g. a headless Service) or a comma-separated
@@ -102,6 +115,10 @@ class WebConfig(ImageLimits, ZmqLink):
     retries: int = setting(2, "extra tries after the first, within request_timeout_ms", minimum=0)
     ready_timeout_ms: int = setting(1_000, "budget of the model ping behind /readyz", above=0)
     top_k: int = setting(5, "predictions returned when the caller does not ask", above=0, maximum=MAX_TOP_K)
+    # They go to the model tier at once and batch there; the request's body limit (max_upload_bytes) holds.
+    max_images_per_request: int = setting(
+        64, "images one Open Inference Protocol infer request may carry", above=0, maximum=1024
+    )
     # Decoding then scales with the web pods, and a GPU pod's few cores only run the model.
     decode_in_web: bool = setting(True, "decode and resize in the web tier; send the model its input pixels")
     retry_after_s: int = setting(1, "Retry-After header on a 503", minimum=0)
@@ -120,9 +137,7 @@ class WebConfig(ImageLimits, ZmqLink):
     web_bind: str = setting("0.0.0.0:8000", "address gunicorn listens on, host:port")
     web_workers: int = setting(2, "gunicorn worker processes", above=0)
     web_threads: int = setting(4, "threads per worker: requests each worker serves at once", above=0)
-    web_log_level: str = setting(
-        "info", "gunicorn's log level", choices=("debug", "info", "warning", "error", "critical")
-    )
+    web_log_level: str = setting("info", "gunicorn's log level", choices=LOG_LEVELS)
     # "*" only when nothing but the ingress controller can reach the pods (e.g. with a NetworkPolicy).
     forwarded_allow_ips: str = setting("127.0.0.1,::1", "proxies trusted for X-Forwarded-* headers")
     # A proxy that reuses a connection gunicorn has just closed as idle answers that request 502; above
@@ -131,10 +146,13 @@ class WebConfig(ImageLimits, ZmqLink):
 
 
 @dataclass(frozen=True)
-class ModelConfig(ImageLimits, ZmqLink):
+class ModelConfig(ImageLimits, ZmqLink, Telemetry):
     """The model server."""
 
     host: str = setting("0.0.0.0", "interface of the ZeroMQ and health ports")
+    model_log_level: str = setting(
+        "info", "the model server's log level; debug adds a line per reply", choices=LOG_LEVELS
+    )
     port: int = setting(5576, "ZeroMQ ROUTER frontend port", minimum=0, maximum=65535)  # 0: any free port
     health_port: int = setting(8081, "HTTP port of /livez, /readyz and /metrics", minimum=0, maximum=65535)
     # Artifacts come from `make model` (python -m services.exporter).

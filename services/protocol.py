@@ -35,13 +35,19 @@ ENCODING_RGB8 = "rgb8"
 ENCODINGS = (ENCODING_IMAGE, ENCODING_RGB8)
 
 MAX_HEADER_BYTES = 4096  # a header is ~150 bytes; anything bigger is garbage or an attack
-MAX_TOP_K = 100
+MAX_TOP_K = 100  # the most predictions the web API lists
+# The most predictions a reply lists: a whole ImageNet label set, for the Open Inference Protocol's
+# probabilities output, which carries every class's probability.
+MAX_CLASSES = 1000
 # A deadline further ahead than this is a client bug or garbage (the web tier's is 10 s); it also keeps
 # the arithmetic on it finite. Allows for a few seconds of clock skew between pods on either side.
 MAX_DEADLINE_AHEAD_MS = 5 * 60 * 1000
 MAX_RGB8_SIDE = 8192  # rgb8 pixels arrive already resized to the model's input (224), never this big
 # What the web tier accepts as X-Request-ID, and what it generates (uuid4 hex): safe to log and echo.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# A W3C trace context (version 00, lowercase hex; all-zero ids are invalid): the caller's span, so the
+# model server's spans join the web tier's trace. Other versions are refused rather than half-understood.
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class Status(StrEnum):
@@ -75,6 +81,7 @@ class Request:
     image: bytes | memoryview = b""
     encoding: str = ENCODING_IMAGE
     shape: tuple[int, int, int] | None = None  # rgb8 only
+    traceparent: str | None = None  # W3C trace context of the caller's span; only while tracing is on
 
     def remaining_s(self, now: float | None = None) -> float:
         """Seconds left before the deadline (negative when it has passed)."""
@@ -140,6 +147,8 @@ def encode_request(request: Request) -> list[bytes | memoryview]:
         if request.encoding != ENCODING_IMAGE:
             header["encoding"] = request.encoding
             header["shape"] = list(request.shape or ())
+    if request.traceparent is not None:
+        header["traceparent"] = request.traceparent
     frames: list[bytes | memoryview] = [DELIMITER, VERSION, json.dumps(header).encode()]
     if request.op == OP_CLASSIFY:
         frames.append(request.image)
@@ -259,13 +268,16 @@ def decode_request(body: list[Any], now_ms: int | None = None) -> Request:
             f"header.deadline_ms {_shown(deadline_ms)} is out of range: Unix epoch milliseconds, "
             f"at most {MAX_DEADLINE_AHEAD_MS // 1000} s from now"
         )
+    traceparent = header.get("traceparent")
+    if "traceparent" in header and not (isinstance(traceparent, str) and TRACEPARENT.fullmatch(traceparent)):
+        raise ProtocolError(f"header.traceparent {_shown(traceparent)} is not a W3C traceparent (version 00)")
     top_k = header.get("top_k", 5)
-    if not _is_int(top_k) or not 1 <= top_k <= MAX_TOP_K:
-        raise ProtocolError(f"header.top_k must be an integer from 1 to {MAX_TOP_K}")
+    if not _is_int(top_k) or not 1 <= top_k <= MAX_CLASSES:
+        raise ProtocolError(f"header.top_k must be an integer from 1 to {MAX_CLASSES}")
     if op == OP_PING:
         if len(body) != 2:
             raise ProtocolError("a ping carries no payload frame")
-        return Request(request_id=rid, deadline_ms=deadline_ms, op=op, top_k=top_k)
+        return Request(request_id=rid, deadline_ms=deadline_ms, op=op, top_k=top_k, traceparent=traceparent)
     if len(body) != 3:
         raise ProtocolError(f"a classify request has exactly 3 frames after the envelope, got {len(body)}")
     encoding = header.get("encoding", ENCODING_IMAGE)
@@ -285,7 +297,7 @@ def decode_request(body: list[Any], now_ms: int | None = None) -> Request:
         shape = (raw[0], raw[1], raw[2])
         if shape[2] != 3 or shape[0] * shape[1] * 3 != len(body[2]):
             raise ProtocolError(f"rgb8 image frame is {len(body[2])} bytes, not {shape[0]}×{shape[1]}×3")
-    return Request(rid, deadline_ms, op, top_k, body[2], encoding, shape)
+    return Request(rid, deadline_ms, op, top_k, body[2], encoding, shape, traceparent)
 
 
 # --- replies --------------------------------------------------------------------------------------------

@@ -210,6 +210,14 @@ def make_app(clean_env: None, fake_model: FakeModelClient) -> Callable[..., Any]
 
 
 @pytest.fixture
+def tiers(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A fresh per-process model tier state (admission limits, outage), so tests do not share it."""
+    fresh: dict = {}
+    monkeypatch.setattr("services.web.tiers._tiers", fresh)
+    return fresh
+
+
+@pytest.fixture
 def app(make_app: Callable[..., Any]) -> Any:
     """The web app with the fake model client."""
     return make_app()

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from services import config, keys
+from services import config, keys, logs, tracing
 from services.config import ModelConfig
 from services.model.health import HealthServer
 from services.model.metrics import ServerMetrics
@@ -71,7 +71,8 @@ def _serve_until(stop: threading.Event, server: ModelServer, cfg: ModelConfig) -
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Console lines until the settings are read: a bad setting may be log_format itself.
+    logs.configure("console")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
@@ -88,6 +89,8 @@ def main() -> int:
         cfg, curve = _settings()
     except _Bad as bad:
         return bad.status
+    logs.configure(cfg.log_format, cfg.model_log_level.upper())
+    tracing.setup("zerolens-model", cfg.otlp_endpoint)  # before the pipeline, which asks whether it is on
     # The health port comes up first, so a slow model load shows as "not ready", not "dead".
     health = HealthServer(cfg.host, cfg.health_port, live, ready, metrics.registry).start()
     log.info("health on port %d (/livez, /readyz, /metrics)", health.port)
@@ -106,6 +109,7 @@ def main() -> int:
         return bad.status
     finally:
         health.stop()
+        tracing.shutdown()  # the spans still buffered
         log.info("stopped")
 
 

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from services import imaging
+from services import imaging, logs, tracing
 from services.config import ModelConfig
 from services.model.batcher import Batcher, BatcherStopped, BatchResult, DeadlineExceeded, QueueFull
 from services.model.metrics import ServerMetrics
@@ -28,6 +29,8 @@ from services.protocol import ENCODING_RGB8, OP_PING, Prediction, Reply, Request
 log = logging.getLogger(__name__)
 
 ReplyCallback = Callable[[Reply], None]
+# What the batcher queues while tracing is on: the image and its request's span (for the batch's span).
+Traced = tuple[np.ndarray, Any]
 
 
 def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
@@ -36,6 +39,30 @@ def top_k(probabilities: np.ndarray, labels: list[str], k: int) -> list[Predicti
     best = np.argpartition(probabilities, -k)[-k:]
     best = best[np.argsort(probabilities[best])[::-1]]
     return [Prediction(labels[i], int(i), float(probabilities[i])) for i in best]
+
+
+def _request_span(request: Request) -> Any:
+    """The request's server span: a child of the web tier's client span when its header names one."""
+    carrier = {"traceparent": request.traceparent} if request.traceparent else {}
+    attributes = {
+        "rpc.system": "zerolens",
+        "rpc.method": request.op,
+        "zerolens.request_id": request.request_id,
+        "zerolens.encoding": request.encoding,
+    }
+    return tracing.start_span(
+        f"zerolens.model/{request.op}", kind="server", carrier=carrier, attributes=attributes
+    )
+
+
+def _record(
+    parent: Any, name: str, start: float, end: float, attributes: dict[str, Any] | None = None
+) -> None:
+    """A finished span under `parent` from time.monotonic() readings (measured anyway, for the timings)."""
+    offset_ns = time.time_ns() - time.monotonic_ns()  # monotonic → wall clock, which spans are stamped in
+    start_ns = offset_ns + int(start * 1e9)
+    span = tracing.start_span(name, parent=parent, start_ns=start_ns, attributes=attributes)
+    tracing.end_span(span, end_ns=offset_ns + int(end * 1e9))
 
 
 class _Admission:
@@ -104,6 +131,8 @@ class _Job:
         self.client = client  # the peer's routing id, for the per-client bound
         self.waited_s = 0.0  # receipt → a decoder took it (0 for pixels decoded by the client)
         self.preprocess_s = 0.0
+        self.span: Any = None  # the request's span, while tracing is on
+        self.enqueued = 0.0  # time.monotonic() when it reached the batcher; set while tracing is on
         self._done = done
         self._admission: _Admission | None = None  # set once admitted
         self._filled_at = 0  # admission.filled when admitted
@@ -140,6 +169,10 @@ class _Job:
             # this request was held, so a client grows its share only into room that lasted
             if reply.queue_capacity and admission.filled != self._filled_at:
                 reply = dataclasses.replace(reply, queue_depth=reply.queue_capacity)
+        if self.span is not None:
+            error = reply.error if reply.status is Status.INTERNAL else None  # a refusal is not a failure
+            attributes = {"zerolens.status": reply.status.value, "zerolens.batch_size": reply.batch_size}
+            tracing.end_span(self.span, error, attributes)
         self._done(reply)
 
 
@@ -153,8 +186,10 @@ class Pipeline:
         self._metrics = metrics
         self._admission = _Admission(cfg, metrics)
         self._decoders = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
-        self.batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
-            self._predict,
+        # Read once: a request's spans are all made, or none. Off, nothing below touches OpenTelemetry.
+        self._traced = tracing.tracer() is not None
+        self.batcher: Batcher[Any, np.ndarray] = Batcher(
+            self._predict_traced if self._traced else self._predict,
             max_batch_size=cfg.max_batch_size,
             max_batch_delay_ms=cfg.max_batch_delay_ms,
             max_queue_size=cfg.max_queue_size,
@@ -180,6 +215,14 @@ class Pipeline:
     def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return list(self._runtime.predict_batch(np.stack(images)))
 
+    def _predict_traced(self, items: list[Traced]) -> list[np.ndarray]:
+        """_predict in a span of the batch: a child of its first request's span, linked to every one's (a
+        batch serves several traces)."""
+        spans = [span for _, span in items]
+        attributes = {"zerolens.batch_size": len(items)}
+        with tracing.span("zerolens.model/batch", parent=spans[0], links=spans, attributes=attributes):
+            return self._predict([image for image, _ in items])
+
     def handle(self, request: Request, received: float, done: ReplyCallback, client: bytes = b"") -> None:
         """Answer `request` through `done`, exactly once: before returning (refusals, ping) or later.
 
@@ -187,6 +230,8 @@ class Pipeline:
         peer (its routing id) for the per-client bound.
         """
         job = _Job(request, received, client, done)
+        if self._traced and request.op != OP_PING:  # pings come every few seconds from every web worker
+            job.span = _request_span(request)
         if (reply := self._answer_now(job)) is not None:
             return job.answer(reply)
         if (refusal := job.admit(self._admission)) is not None:
@@ -233,13 +278,17 @@ class Pipeline:
         if start >= job.deadline:
             raise DeadlineExceeded("deadline passed while waiting for a decoder")
         cfg = self._cfg
-        image = decode_image(
-            job.request.image, cfg.input_size, cfg.crop_fraction, cfg
-        )  # cfg holds the limits
+        with logs.request_context(job.request.request_id):
+            image = decode_image(job.request.image, cfg.input_size, cfg.crop_fraction, cfg)  # cfg: the limits
         job.waited_s, job.preprocess_s = start - job.received, time.monotonic() - start
         return image
 
     def _decoded(self, decoding: Future[np.ndarray], job: _Job) -> None:
+        """Runs on the decoder thread once the image is decoded, or failed to be."""
+        with logs.request_context(job.request.request_id):
+            self._after_decode(decoding, job)
+
+    def _after_decode(self, decoding: Future[np.ndarray], job: _Job) -> None:
         job.set_decoding(False)  # before it reaches the batcher, which would otherwise wait for it
         try:
             image = decoding.result()
@@ -251,17 +300,28 @@ class Pipeline:
             log.exception("request %s: decoding failed", job.request.request_id)
             return job.fail(Status.INTERNAL, "decoding failed")
         self._metrics.preprocess_seconds.observe(job.preprocess_s)
+        if job.span is not None:
+            began, wait = job.received + job.waited_s, {"zerolens.decode_wait_ms": job.waited_s * 1000}
+            _record(job.span, "zerolens.model/decode", began, began + job.preprocess_s, wait)
         self._enqueue(job, image)
 
     def _enqueue(self, job: _Job, image: np.ndarray) -> None:
         """Hand a decoded image to the batcher; the reply is built when its batch has run."""
+        value: np.ndarray | Traced = image
+        if job.span is not None:
+            value, job.enqueued = (image, job.span), time.monotonic()
         try:
-            batching = self.batcher.submit(image, job.deadline)
+            batching = self.batcher.submit(value, job.deadline)
         except (QueueFull, BatcherStopped) as exc:
             return job.fail(Status.OVERLOADED, str(exc))
         batching.add_done_callback(lambda f: self._inferred(f, job))
 
     def _inferred(self, batching: Future[BatchResult[np.ndarray]], job: _Job) -> None:
+        """Runs on the batcher thread once the job's batch has run, or failed to."""
+        with logs.request_context(job.request.request_id):
+            self._reply(batching, job)
+
+    def _reply(self, batching: Future[BatchResult[np.ndarray]], job: _Job) -> None:
         try:
             result = batching.result()
         except DeadlineExceeded as exc:
@@ -272,6 +332,8 @@ class Pipeline:
             return job.fail(Status.INTERNAL, f"inference failed: {type(exc).__name__}")
         queue_s = job.waited_s + result.queue_s
         self._metrics.queue_seconds.observe(queue_s)
+        if job.span is not None:
+            _record(job.span, "zerolens.model/queue", job.enqueued, job.enqueued + result.queue_s)
         timings_ms = {
             "queue": queue_s * 1000,
             "preprocess": job.preprocess_s * 1000,

@@ -16,10 +16,10 @@ from typing import Any
 
 import zmq
 
-from services import protocol
+from services import logs, protocol
 from services.model.metrics import ServerMetrics
 from services.model.pipeline import Pipeline
-from services.protocol import Reply, Status
+from services.protocol import Reply, Request, Status
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,16 @@ class Worker(threading.Thread):
             request = protocol.decode_request(body)
         except protocol.ProtocolError as exc:
             self._metrics.malformed.inc()
-            log.info("%s: bad request: %s", self.name, exc)
-            self._send(
-                worker, envelope, Reply(protocol.peek_request_id(body), exc.status, str(exc)), received
-            )
+            rid = protocol.peek_request_id(body)
+            with logs.request_context(rid):
+                log.info("%s: bad request: %s", self.name, exc)
+            self._send(worker, envelope, Reply(rid, exc.status, str(exc)), received)
             return
+        with logs.request_context(request.request_id):  # its lines here and in the pipeline carry its id
+            self._dispatch(worker, envelope, request, received)
 
+    def _dispatch(self, worker: zmq.Socket, envelope: list[Any], request: Request, received: float) -> None:
+        """Hand a request to the pipeline; send what it answers at once, post what it answers later."""
         answered_now: list[Reply] = []  # refusals and pings, answered before handle() returns
 
         def answer(reply: Reply) -> None:
@@ -165,9 +169,14 @@ class Worker(threading.Thread):
             self._send(worker, envelope, reply, received)
 
     def _send(self, worker: zmq.Socket, envelope: list[Any], reply: Reply, received: float) -> None:
+        elapsed_s = time.monotonic() - received
         self._metrics.requests.labels(reply.status.value).inc()
-        self._metrics.request_seconds.observe(time.monotonic() - received)
+        self._metrics.request_seconds.observe(elapsed_s)
+        if log.isEnabledFor(logging.DEBUG):  # a line per request only when asked for (model_log_level)
+            rid = {"request_id": reply.request_id} if reply.request_id else None
+            log.debug("%s: %s after %.1f ms", self.name, reply.status.value, elapsed_s * 1000, extra=rid)
         try:
             worker.send_multipart(protocol.reply_frames(envelope, reply), copy=False)
         except zmq.ZMQError as exc:  # the proxy is gone (shutting down): nothing left to answer to
-            log.warning("%s: reply %s not sent: %s", self.name, reply.request_id, exc)
+            with logs.request_context(reply.request_id):
+                log.warning("%s: reply %s not sent: %s", self.name, reply.request_id, exc)

@@ -175,12 +175,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True  # tidy HTML from indented templates
 
     # imported here so that importing the package creates nothing and pulls in no routes
-    from services.web import clients, errors, metrics, views
+    from services.web import apidocs, clients, correlation, errors, metrics, oip, views
 
     app.register_blueprint(views.bp)
+    app.register_blueprint(oip.bp)
+    app.register_blueprint(apidocs.bp)
     app.after_request(_discard_unread_body)
     errors.register_error_handlers(app)
     clients.init_app(app)
+    correlation.init_app(app)  # the request id on every response and log line
     metrics.init_app(app)
     return app
 

@@ -36,7 +36,9 @@ class Ticket:
         self.gate.release(self)
 
     def answered(self, reply: Reply) -> None:
-        """Note the model's reply to this request."""
+        """Note the model's reply to this request (or to one of its photos: an OVERLOADED one stays noted)."""
+        if self.status is Status.OVERLOADED:
+            return
         self.status = reply.status
         self.room = reply.queue_depth < reply.queue_capacity if reply.queue_capacity else None
 

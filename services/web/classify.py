@@ -9,8 +9,11 @@ its deadline.
 
 from __future__ import annotations
 
+import contextvars
+import queue
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 
 from PIL import Image
@@ -18,6 +21,7 @@ from PIL import Image
 from services import imaging
 from services.config import WebConfig
 from services.protocol import Reply, Status
+from services.web.admission import Ticket
 from services.web.model_client import ModelClient, Shape
 
 
@@ -68,6 +72,40 @@ def send_photo(client: ModelClient, photo: Photo, cfg: WebConfig, before_send: C
             return sent
         client.forget_input_spec()  # the model (and its input size) changed under us: ask again next time
     return _send(client, photo, before_send, photo.data, None)  # the model server decodes the upload
+
+
+def send_photos(
+    photos: list[Photo],
+    cfg: WebConfig,
+    tickets: list[Ticket],
+    client_for: Callable[[], ModelClient],
+    before_send: Callable[[], None],
+    pool: Executor,
+) -> list[Sent]:
+    """Send several photos at once, as many at a time as there are tickets, each from a pool thread with
+    its own client: they reach the model servers together and batch there. Answers in the photos' order.
+
+    :raise: the first photo's error (imaging.ImageError, ModelUnavailable, ModelTimeout, ClientGone).
+    """
+    free: queue.SimpleQueue[Ticket] = queue.SimpleQueue()
+    for ticket in tickets:
+        free.put(ticket)
+
+    def one(photo: Photo) -> Sent:
+        ticket = free.get()  # a pool thread waits here while every ticket is in flight
+        try:
+            sent = send_photo(client_for(), photo, cfg, before_send)
+            ticket.answered(sent.reply)
+            return sent
+        finally:
+            free.put(ticket)
+
+    if len(photos) == 1:
+        return [one(photos[0])]
+    # Each photo runs in a copy of this thread's context: its log lines and spans stay the request's.
+    futures = [pool.submit(contextvars.copy_context().run, one, photo) for photo in photos]
+    wait(futures)  # all of them, even after a failure: their tickets are given back only afterwards
+    return [future.result() for future in futures]
 
 
 def _send(

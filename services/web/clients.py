@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import zmq
 from flask import Flask, current_app, g
@@ -22,6 +23,11 @@ _lock = threading.Lock()
 _context: zmq.Context | None = None
 _context_pid: int | None = None
 _local = threading.local()
+# Threads that send the photos of one request at once, so that they reach the model tier together and batch
+# there; each has its own client. Per process: made after gunicorn's fork, like the context.
+FAN_OUT_THREADS = 16
+_pool: ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
 
 
 def _process_context() -> zmq.Context:
@@ -46,14 +52,28 @@ def thread_client(cfg: WebConfig) -> ModelClient:
     return _local.client
 
 
+def fan_out_pool() -> ThreadPoolExecutor:
+    """This process's threads for sending several photos of one request at once."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(FAN_OUT_THREADS, thread_name_prefix="fan-out")
+            _pool_pid = os.getpid()
+        return _pool
+
+
 ClientFactory = Callable[[WebConfig], object]
+
+
+def client_factory() -> ClientFactory:
+    """How this app makes a thread's model client: the MODEL_CLIENT factory (tests) or thread_client."""
+    return current_app.config.get("MODEL_CLIENT") or thread_client
 
 
 def get_client() -> ModelClient:
     """The model client for this request: the app's MODEL_CLIENT factory (tests) or this thread's client."""
     if "model_client" not in g:
-        factory: ClientFactory = current_app.config.get("MODEL_CLIENT") or thread_client
-        g.model_client = factory(current_app.config["ZEROLENS"])
+        g.model_client = client_factory()(current_app.config["ZEROLENS"])
     return g.model_client
 
 

@@ -104,7 +104,9 @@ def handle_http_exception(e: HTTPException) -> Response | HTTPException:
         return e
     message = _describe(e)
     status = e.name.upper().replace(" ", "_").replace("-", "_")
-    if wants_json():
+    if request.path == "/v2" or request.path.startswith("/v2/"):
+        response = jsonify(error=message)  # the Open Inference Protocol's error body
+    elif wants_json():
         response = jsonify(error={"code": e.code, "status": status, "message": message})
     else:
         page = render_template("index.html", error={"code": e.code, "title": e.name, "message": message})

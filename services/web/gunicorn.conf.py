@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 
-from services import keys
+from services import keys, logs, tracing
 from services.config import PROMETHEUS_MULTIPROC_ENV, ConfigError, WebConfig, load
 
 # Fail at start on a bad ZEROLENS_* setting or missing CurveZMQ keys, before any worker forks, in one line.
@@ -70,28 +70,14 @@ limit_request_field_size = 8190
 # Trust X-Forwarded-* (scheme, client address) only from these proxies.
 forwarded_allow_ips = _cfg.forwarded_allow_ips
 
-# Logs go to stdout/stderr for the container runtime; %(M)s is the request time in milliseconds.
+# Logs go to stdout for the container runtime, gunicorn's and the app's alike, as console lines or one JSON
+# object per line (log_format; services/logs.py). %(M)s is the request time in milliseconds; every response
+# carries X-Request-ID (services/web/correlation.py), so the access line names the request too.
 accesslog = "-"
 errorlog = "-"
 loglevel = _cfg.web_log_level
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s" rid=%({x-request-id}o)s'
-logconfig_dict = {  # the app's own loggers (services.*) on stdout next to gunicorn's
-    "version": 1,
-    "disable_existing_loggers": False,
-    "root": {"level": "INFO", "handlers": ["console"]},
-    "loggers": {
-        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
-        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
-    },
-    "formatters": {
-        "generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-        "access": {"format": "%(message)s"},
-    },
-}
+logconfig_dict = logs.gunicorn_config(_cfg.log_format, loglevel)
 
 # gunicorn ≥ 25's control socket (for gunicornc) would be created under $HOME: not used, and $HOME may be
 # read-only in a container. Older gunicorn ignores the unknown setting.
@@ -116,6 +102,17 @@ def on_starting(server) -> None:
         os.environ[_MULTIPROC_ENV] = path
         _created.append(path)
     server.log.info("prometheus multiprocess directory: %s", path)
+
+
+def post_fork(server, worker) -> None:
+    """Start exporting spans in each worker, when otlp_endpoint is set: the SDK's export thread does not
+    survive a fork, so the master never makes one."""
+    tracing.setup("zerolens-web", _cfg.otlp_endpoint)
+
+
+def worker_exit(server, worker) -> None:
+    """Send the worker's buffered spans before it exits."""
+    tracing.shutdown()
 
 
 def child_exit(server, worker) -> None:

@@ -7,6 +7,7 @@ in a TierState (tiers.py), so that every thread of the worker knows it at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from services import keys, protocol
+from services import keys, protocol, tracing
 from services.config import WebConfig
 from services.protocol import OP_CLASSIFY, OP_PING, Reply, Request, Status
 from services.web import discovery, metrics
@@ -245,10 +246,21 @@ class ModelClient:
         tries = 1 + (cfg.retries if retries is None else retries)
         start = time.monotonic()
         request = _request(op, image, top_k, request_id, timeout_ms, shape)
-        flight = _Flight(
-            request, protocol.encode_request(request), start, timeout_ms, attempt_ms / 1000, tries
-        )
-        for attempt in range(tries):
+        # Readiness pings come every few seconds: as traces they would bury the classifications.
+        if tracing.tracer() is None or op == OP_PING:
+            return self._call(request, start, timeout_ms, attempt_ms, tries)
+        attributes = {"rpc.system": "zerolens", "rpc.method": op, "zerolens.request_id": request.request_id}
+        with tracing.client_span(f"zerolens.model/{op}", attributes) as (span, traceparent):
+            request = dataclasses.replace(request, traceparent=traceparent)  # the server's spans: children
+            reply = self._call(request, start, timeout_ms, attempt_ms, tries)
+            span.set_attribute("zerolens.status", reply.status.value)
+            return reply
+
+    def _call(self, request: Request, start: float, timeout_ms: int, attempt_ms: int, tries: int) -> Reply:
+        """call()'s tries for one request, `start` being time.monotonic() before its deadline was set."""
+        frames = protocol.encode_request(request)
+        flight = _Flight(request, frames, start, timeout_ms, attempt_ms / 1000, tries)
+        for attempt in range(flight.tries):
             now = time.monotonic()
             if now >= flight.deadline:
                 break
@@ -258,7 +270,7 @@ class ModelClient:
             client = self._socket_ready()
             if not self._send(client, flight, attempt_end):
                 break  # no retry: the socket reconnects in the background, a try now would find it unchanged
-            reply = self._receive(client, request.request_id, attempt_end)
+            reply = self._receive(client, flight.request.request_id, attempt_end)
             if reply is None:
                 self._silent(flight, attempt)
                 if time.monotonic() < attempt_end:  # no server is connected any more: 503 now, no resend

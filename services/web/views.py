@@ -8,7 +8,6 @@ model tier as the tier takes (admission.py); it is dropped when its client has g
 from __future__ import annotations
 
 import math
-import re
 import socket
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, ServiceUnavailable, U
 from services import imaging
 from services.config import WebConfig
 from services.protocol import MAX_TOP_K
-from services.web import metrics
+from services.web import correlation, metrics
 from services.web.admission import Ticket
 from services.web.classify import Photo, send_photo
 from services.web.clients import get_client
@@ -34,9 +33,10 @@ from services.web.tiers import admission
 bp = Blueprint("web", __name__)
 FIELD = "image"  # the multipart field (and the <input name>) carrying the photo
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body whose type is sniffed anyway
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what an incoming X-Request-ID may look like
 _HOW = f"send a JPEG or PNG photo as multipart/form-data in the field {FIELD!r}"
 _BUSY = "the model servers are busy; please try again in a moment"
+# The classifications the worker's loop admits before they wait for a thread (see _install_door).
+DOOR_ENDPOINTS = {"web.predict", "oip.infer"}
 
 # A request that has waited max_queue_wait_ms, or this fraction of request_timeout_ms, before a thread took
 # it is refused at once: the web tier is behind, and working on it would make the requests after it late too.
@@ -111,10 +111,10 @@ def _api_upload() -> tuple[bytes, str]:
     return _form_upload()
 
 
-def _request_id() -> str | None:
-    """The caller's X-Request-ID when it is safe to reuse, so logs on both tiers can be joined."""
-    given = request.headers.get("X-Request-ID", "")
-    return given if _REQUEST_ID.fullmatch(given) else None
+def _request_id() -> str:
+    """The caller's X-Request-ID when it is safe to reuse, else a new id (correlation.py), so logs on both
+    tiers can be joined."""
+    return correlation.request_id()
 
 
 def parse_request_start(value: str) -> float | None:
@@ -152,7 +152,7 @@ def request_arrived(now: float) -> float:
     return arrived
 
 
-def _deadline() -> float:
+def request_deadline() -> float:
     """The request's deadline (time.time()), counted from its arrival; 503 now when most of it is gone."""
     cfg = _cfg()
     now = time.time()
@@ -168,13 +168,12 @@ class ClientGone(Exception):
     """The client closed its connection: nobody is waiting for the answer."""
 
 
-def _client_gone() -> bool:
+def _client_gone(conn: socket.socket | None) -> bool:
     """True when the client has closed its connection, as a peek at its socket reading end-of-file says.
 
     Only meaningful once the body has been read (before that, the peek sees the body). A client that
     half-closes its side while it waits for the answer looks gone too; HTTP clients do not do that.
     """
-    conn = request.environ.get("gunicorn.socket")
     if conn is None:  # not under gunicorn (the Flask test client)
         return False
     try:
@@ -189,9 +188,19 @@ def _client_gone() -> bool:
 
 def _check_client(stage: str) -> None:
     """Stop here (ClientGone) when the client has left: the work would be thrown away."""
-    if _client_gone():
-        metrics.record_dropped(stage)
-        raise ClientGone(stage)
+    client_check(stage)()
+
+
+def client_check(stage: str) -> Callable[[], None]:
+    """A check that stops (ClientGone) when this request's client has left; callable from any thread."""
+    conn = request.environ.get("gunicorn.socket")
+
+    def check() -> None:
+        if _client_gone(conn):
+            metrics.record_dropped(stage)
+            raise ClientGone(stage)
+
+    return check
 
 
 @bp.app_errorhandler(ClientGone)
@@ -200,14 +209,21 @@ def _answer_nobody(e: ClientGone) -> Response:
     return Response(status=499)
 
 
-def _admitted(read_upload: Callable[[], tuple[bytes, str]]) -> tuple[dict[str, Any], str]:
-    """Refuse the request before any work when it is late or the model tier is full, else classify it."""
+def admit() -> tuple[float, Ticket]:
+    """The request's deadline and its place under the admission limit (taken by the worker's loop, or here);
+    503 at once when it is late or the model tier is full."""
     cfg = _cfg()
-    deadline = _deadline()
-    ticket = request.environ.get(ADMITTED) or admission(cfg).try_acquire()  # taken by the loop, or here
+    deadline = request_deadline()
+    ticket = request.environ.get(ADMITTED) or admission(cfg).try_acquire()
     if ticket is None:
         metrics.record_shed("saturated")
         raise ServiceUnavailable(_BUSY, retry_after=cfg.retry_after_s)
+    return deadline, ticket
+
+
+def _admitted(read_upload: Callable[[], tuple[bytes, str]]) -> tuple[dict[str, Any], str]:
+    """Refuse the request before any work when it is late or the model tier is full, else classify it."""
+    deadline, ticket = admit()
     try:
         data, filename = read_upload()
         return _classify(data, _top_k(), deadline, ticket), filename
@@ -251,9 +267,7 @@ def index() -> str:
 def uploader() -> Response:
     """Classify a photo posted by the page's form (works without JavaScript) and render the results."""
     result, filename = _admitted(_form_upload)
-    response = Response(render_template("index.html", result=result, filename=filename), mimetype="text/html")
-    response.headers["X-Request-ID"] = result["request_id"]
-    return response
+    return Response(render_template("index.html", result=result, filename=filename), mimetype="text/html")
 
 
 @bp.record_once
@@ -269,7 +283,7 @@ def _install_door(state: BlueprintSetupState) -> None:
             endpoint, _ = routes.match(target.decode("latin-1"), method.decode("latin-1"))
         except HTTPException:  # not found, another method, a redirect: nothing to say
             return None
-        if endpoint != f"{bp.name}.{predict.__name__}":
+        if endpoint not in DOOR_ENDPOINTS:
             return None
         return gate().try_acquire() or False
 
@@ -280,9 +294,7 @@ def _install_door(state: BlueprintSetupState) -> None:
 def predict() -> Response:
     """Classify a photo (multipart field `image`, or a raw image/* body) and answer JSON."""
     result, _ = _admitted(_api_upload)
-    response = jsonify(result)
-    response.headers["X-Request-ID"] = result["request_id"]
-    return response
+    return jsonify(result)  # X-Request-ID: set on every response (correlation.py)
 
 
 @bp.get("/healthz")
@@ -294,15 +306,24 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """Readiness: a model server answers a ping within ready_timeout_ms, and this worker is not stopping."""
+    model, reason = readiness()
+    if reason:
+        return jsonify(status="not ready", reason=reason), 503
+    return jsonify(status="ready", model=model), 200
+
+
+def readiness() -> tuple[str, str]:
+    """(the model served, "") when a model server answers a ping in time and this worker is not stopping,
+    else ("", why not)."""
     if request.environ.get(DRAINING):  # set by the worker (front.py) after SIGTERM
-        return jsonify(status="not ready", reason="stopping: finishing the requests in flight"), 503
+        return "", "stopping: finishing the requests in flight"
     try:
         reply = get_client().ping(_cfg().ready_timeout_ms)
     except (ModelUnavailable, ModelTimeout) as exc:
-        return jsonify(status="not ready", reason=str(exc)), 503
+        return "", str(exc)
     if not reply.ok:
-        return jsonify(status="not ready", reason=f"model server answered {reply.status}: {reply.error}"), 503
-    return jsonify(status="ready", model=reply.model), 200
+        return "", f"model server answered {reply.status}: {reply.error}"
+    return reply.model, ""
 
 
 @bp.get("/metrics")

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +24,7 @@ from services.config import ModelConfig
 from services.model.metrics import ServerMetrics
 from services.model.server import ModelServer
 from services.protocol import ProtocolError, Reply, Request, Status
+from tests.support.runtimes import UniformRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,7 @@ def serve(frames: list[bytes]) -> str:
     assert protocol.REQUEST_ID.fullmatch(request.request_id)
     assert 0 <= request.deadline_ms <= NOW_MS + protocol.MAX_DEADLINE_AHEAD_MS
     assert -1e12 < request.remaining_s(now=NOW_MS / 1000) < 1e6
-    assert 1 <= request.top_k <= protocol.MAX_TOP_K
+    assert 1 <= request.top_k <= protocol.MAX_CLASSES
     assert protocol.decode_request(protocol.encode_request(request)[1:], now_ms=NOW_MS) == request
     return "request"
 
@@ -223,22 +223,12 @@ def test_decoders_raise_only_protocol_errors_and_every_error_is_a_reply(drill_re
 # --- a running model server ------------------------------------------------------------------------------
 
 
-class FakeRuntime:
-    """A model that answers at once: the fuzz is about the server's sockets and protocol, not the model."""
-
-    name = "fake"
-    labels = [f"class-{i}" for i in range(10)]
-
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        return np.full((len(images), 10), 0.1, dtype=np.float32)
-
-
 @pytest.fixture
 def server() -> Iterator[ModelServer]:
     # The protocol as an admitted peer speaks it: CurveZMQ, which keeps strangers out, is test_curve.py's.
     settings = {"host": "127.0.0.1", "port": 0, "input_size": 2, "zmq_security": "plaintext"}
     cfg = config.load(ModelConfig, overrides=settings, environ={})
-    running = ModelServer(cfg, FakeRuntime(), ServerMetrics()).start()
+    running = ModelServer(cfg, UniformRuntime(), ServerMetrics()).start()
     try:
         yield running
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -154,8 +155,10 @@ def test_unusual_but_valid_images_are_sent_on(client: FlaskClient, fake_model, b
 
 def test_caller_request_id_is_passed_on_when_safe(client: FlaskClient, fake_model, cat_jpeg) -> None:
     post_file(client, "/api/v1/predict", cat_jpeg, headers={"X-Request-ID": "trace-42.a_b"})
-    post_file(client, "/api/v1/predict", cat_jpeg, headers={"X-Request-ID": "bad id; drop table"})
-    assert [c["request_id"] for c in fake_model.calls] == ["trace-42.a_b", None]
+    unsafe = post_file(client, "/api/v1/predict", cat_jpeg, headers={"X-Request-ID": "bad id; drop table"})
+    made = unsafe.headers["X-Request-ID"]  # a new id instead, passed on and answered the same way
+    assert re.fullmatch("[0-9a-f]{32}", made)
+    assert [c["request_id"] for c in fake_model.calls] == ["trace-42.a_b", made]
 
 
 # --- top_k ------------------------------------------------------------------------------------------------
@@ -194,14 +197,6 @@ def test_pages_carry_security_headers(client: FlaskClient) -> None:
 
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-def tiers(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A fresh per-process model tier state (admission limits, outage), so tests do not share it."""
-    fresh: dict = {}
-    monkeypatch.setattr("services.web.tiers._tiers", fresh)
-    return fresh
 
 
 def assert_refused_before_any_work(response: Any, fake_model: Any) -> None:

@@ -87,17 +87,33 @@ The ServiceAccount both tiers run as.
 {{- end }}
 
 {{/*
-Images. The web tag defaults to the chart's appVersion. The model server has two builds of each release:
+Images: <registry>/<repository>:<tag>. The defaults are what .github/workflows/release.yaml publishes for each
+release: ghcr.io/zerolens/zerolens-web:<appVersion> and ghcr.io/zerolens/zerolens-model:<appVersion>-cpu or
+-gpu. The web tag defaults to the chart's appVersion. The model server has two builds of each release:
 "<appVersion>-cpu" (tensorflow-cpu + TFLite) and "<appVersion>-gpu" (TensorFlow with CUDA); the default follows
 model.gpu.enabled, and an explicit model.image.tag wins.
+The repository is used as it is when the registry is empty (local builds: zerolens/web:dev loaded into kind) or
+when it starts with a registry host, read as Docker reads an image name (a first component holding "." or ":",
+or "localhost"), so that --set web.image.repository=registry.example.com/team/web names a mirror.
+Usage: include "zerolens.image" (dict "image" .Values.web.image "tag" "<tag>").
 */}}
+{{- define "zerolens.image" -}}
+{{- $repository := .image.repository }}
+{{- $first := first (splitList "/" $repository) }}
+{{- $hasHost := and (contains "/" $repository) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- if and .image.registry (not $hasHost) }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .image.registry) $repository }}
+{{- end }}
+{{- printf "%s:%s" $repository .tag }}
+{{- end }}
+
 {{- define "zerolens.web.image" -}}
-{{- printf "%s:%s" .Values.web.image.repository (.Values.web.image.tag | default .Chart.AppVersion) }}
+{{- include "zerolens.image" (dict "image" .Values.web.image "tag" (.Values.web.image.tag | default .Chart.AppVersion)) }}
 {{- end }}
 
 {{- define "zerolens.model.image" -}}
 {{- $variant := ternary "gpu" "cpu" .Values.model.gpu.enabled }}
-{{- printf "%s:%s" .Values.model.image.repository (.Values.model.image.tag | default (printf "%s-%s" .Chart.AppVersion $variant)) }}
+{{- include "zerolens.image" (dict "image" .Values.model.image "tag" (.Values.model.image.tag | default (printf "%s-%s" .Chart.AppVersion $variant))) }}
 {{- end }}
 
 {{/*

@@ -7,11 +7,14 @@ curve_keys_dir: {{ (ternary (include "zerolens.curve.mountPath" .) "" .Values.cu
 decode_in_web: {{ .Values.web.decodeInWeb | toJson }}
 forwarded_allow_ips: {{ .Values.web.gunicorn.forwardedAllowIps | toJson }}
 heartbeat_ivl_ms: {{ .Values.web.modelClient.heartbeatIvlMs | toJson }}
+log_format: {{ .Values.logging.format | toJson }}
 max_decode_bytes: {{ .Values.limits.maxDecodeBytes | toJson }}
 max_image_pixels: {{ .Values.limits.maxImagePixels | toJson }}
 max_image_side: {{ .Values.limits.maxImageSide | toJson }}
+max_images_per_request: {{ .Values.web.maxImagesPerRequest | toJson }}
 max_queue_wait_ms: {{ .Values.web.maxQueueWaitMs | toJson }}
 max_upload_bytes: {{ .Values.limits.maxUploadBytes | toJson }}
+otlp_endpoint: {{ .Values.tracing.otlpEndpoint | toJson }}
 ready_timeout_ms: {{ .Values.web.modelClient.readyTimeoutMs | toJson }}
 request_timeout_ms: {{ .Values.web.modelClient.requestTimeoutMs | toJson }}
 resolve_interval_s: {{ .Values.web.modelClient.resolveIntervalSeconds | toJson }}
@@ -39,6 +42,7 @@ inference_timeout_s: {{ .Values.model.inferenceTimeoutSeconds | toJson }}
 inference_workers: {{ .Values.model.inferenceWorkers | toJson }}
 input_size: {{ .Values.model.inputSize | toJson }}
 keras_application: {{ .Values.model.kerasApplication | toJson }}
+log_format: {{ .Values.logging.format | toJson }}
 max_batch_delay_ms: {{ .Values.model.batching.maxBatchDelayMs | toJson }}
 max_batch_size: {{ .Values.model.batching.maxBatchSize | toJson }}
 max_decode_bytes: {{ .Values.limits.maxDecodeBytes | toJson }}
@@ -50,8 +54,10 @@ max_upload_bytes: {{ .Values.limits.maxUploadBytes | toJson }}
 {{- with .Values.model.modelDir }}
 model_dir: {{ . | toJson }}
 {{- end }}
+model_log_level: {{ .Values.model.logLevel | toJson }}
 model_name: {{ .Values.model.modelName | toJson }}
 model_runtime: {{ .Values.model.runtime | toJson }}
+otlp_endpoint: {{ .Values.tracing.otlpEndpoint | toJson }}
 pin_inference_threads: {{ .Values.model.pinInferenceThreads | toJson }}
 port: {{ .Values.model.ports.zmq | toJson }}
 preprocessing: {{ .Values.model.preprocessing | toJson }}

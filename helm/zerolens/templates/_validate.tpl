@@ -13,6 +13,9 @@ them fails on a bad combination (helm lint does not render it).
 {{- $messages = append $messages (include "zerolens.validateValues.autoscalingRange" .) -}}
 {{- $messages = append $messages (include "zerolens.validateValues.batchDelay" .) -}}
 {{- $messages = append $messages (include "zerolens.validateValues.curveWebSecret" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.modelAutoscalingRange" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.modelAutoscalingKeda" .) -}}
+{{- $messages = append $messages (include "zerolens.validateValues.monitoringNeedsServiceMonitor" .) -}}
 {{- $messages = without $messages "" -}}
 {{- if $messages -}}
 {{- printf "\nVALUES VALIDATION:\n%s" (join "\n" $messages) | fail -}}
@@ -76,5 +79,41 @@ zerolens: curve.webExistingSecret
     curve.webExistingSecret ({{ .Values.curve.webExistingSecret }}) needs curve.existingSecret: the web tier's
     keys must match the model servers', and the chart generates those only into its own Secret. Use:
     --set curve.existingSecret=<Secret with server.secret and the client keys>
+{{- end -}}
+{{- end -}}
+
+{{- define "zerolens.validateValues.modelAutoscalingRange" -}}
+{{- $scaling := .Values.model.autoscaling -}}
+{{- if and $scaling.enabled (gt (int $scaling.minReplicas) (int $scaling.maxReplicas)) -}}
+zerolens: model.autoscaling
+    model.autoscaling.minReplicas ({{ $scaling.minReplicas }}) must not exceed model.autoscaling.maxReplicas
+    ({{ $scaling.maxReplicas }}). Use: --set model.autoscaling.maxReplicas={{ $scaling.minReplicas }}
+{{- end -}}
+{{- end -}}
+
+{{/* KEDA needs to know which Prometheus to ask; there is no address that fits every cluster. */}}
+{{- define "zerolens.validateValues.modelAutoscalingKeda" -}}
+{{- $scaling := .Values.model.autoscaling -}}
+{{- if and $scaling.enabled (eq $scaling.kind "keda") (not $scaling.keda.serverAddress) -}}
+zerolens: model.autoscaling.keda.serverAddress
+    model.autoscaling.kind=keda needs the Prometheus that KEDA queries. Use:
+    --set model.autoscaling.keda.serverAddress=http://prometheus-operated.monitoring.svc:9090
+    (or --set model.autoscaling.kind=hpa with prometheus-adapter)
+{{- end -}}
+{{- end -}}
+
+{{/* The alerts and the autoscaler's query select series by the namespace and Service labels that the chart's
+ServiceMonitors give them; without those the alerts would never fire and the autoscaler would see nothing. */}}
+{{- define "zerolens.validateValues.monitoringNeedsServiceMonitor" -}}
+{{- if not .Values.metrics.serviceMonitor.enabled -}}
+{{- $needs := list -}}
+{{- if .Values.metrics.prometheusRule.enabled }}{{ $needs = append $needs "metrics.prometheusRule.enabled" }}{{ end -}}
+{{- if .Values.model.autoscaling.enabled }}{{ $needs = append $needs "model.autoscaling.enabled" }}{{ end -}}
+{{- if $needs -}}
+zerolens: metrics.serviceMonitor.enabled
+    {{ join " and " $needs }}: the alerts and the model autoscaler read the series that the chart's
+    ServiceMonitors scrape (they select them by namespace and Service name), and would see none without them.
+    Use: --set metrics.serviceMonitor.enabled=true
+{{- end -}}
 {{- end -}}
 {{- end -}}
