@@ -233,7 +233,7 @@ def test_images_carry_sbom_and_provenance_and_are_signed_by_digest() -> None:
     assert 'cosign sign --yes "$REGISTRY/$IMAGE@$DIGEST"' in sign["run"]
     step(job, uses="sigstore/cosign-installer")
     platforms = {e["name"]: e["platforms"].split(",") for e in job["strategy"]["matrix"]["include"]}
-    assert platforms["web"] == ["linux/amd64", "linux/arm64"]
+    assert platforms["web"] == platforms["model-cpu"] == ["linux/amd64", "linux/arm64"]
     assert platforms["model-gpu"] == ["linux/amd64"]
 
 

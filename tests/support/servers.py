@@ -293,3 +293,26 @@ def web_server(
         ports={"http": port},
         curve_keys_dir=keys_dir,
     )
+
+
+def local_run(tmp: Path) -> Proc:
+    """What `make run` starts (scripts/run.sh: the model server and the web tier), on free ports."""
+    web, zmq_port, health = free_port(), free_port(), free_port()
+    env = clean_environ()
+    env |= {
+        "BIN": str(BIN),
+        "MODEL_DIR": str(ensure_model()),
+        "WEB_PORT": str(web),
+        "ZEROLENS_PORT": str(zmq_port),
+        "ZEROLENS_HEALTH_PORT": str(health),
+        "ZEROLENS_CURVE_KEYS_DIR": str(tmp / "curve"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return Proc(
+        name="make run",
+        argv=["bash", "scripts/run.sh"],
+        env=env,
+        ready_url=f"http://127.0.0.1:{web}/readyz",
+        log_path=tmp / f"run-{web}.log",
+        ports={"http": web, "zmq": zmq_port, "health": health},
+    )
