@@ -28,10 +28,12 @@ import contextlib
 import errno
 import io
 import json
+import re
 import selectors
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -78,22 +80,30 @@ def _count_shed(reason: str) -> None:
     metrics.record_shed(reason)
 
 
-def _busy_reply(retry_after_s: int) -> bytes:
-    """The 503 the loop answers while shedding, in the API's error format."""
-    body = json.dumps(
-        {
-            "error": {
-                "code": 503,
-                "status": "SERVICE_UNAVAILABLE",
-                "message": "the service is busy; please try again in a moment",
-            }
-        }  # fmt: skip
-    ).encode()
-    head = (
-        f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: {retry_after_s}"
-        f"\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+_BUSY = "the service is busy; please try again in a moment"
+_BUSY_BODY = json.dumps({"error": {"code": 503, "status": "SERVICE_UNAVAILABLE", "message": _BUSY}}).encode()
+_BUSY_BODY_OIP = json.dumps({"error": _BUSY}).encode()  # the Open Inference Protocol's error body
+# The caller's X-Request-ID in a request head, when it is one the app would take (protocol.REQUEST_ID).
+_REQUEST_ID = re.compile(rb"\r\nx-request-id:[ \t]*([A-Za-z0-9._-]{1,64})[ \t]*\r\n", re.IGNORECASE)
+
+
+def busy_reply(head: bytes, path: bytes, retry_after_s: int) -> bytes:
+    """The 503 the loop answers while shedding: the API's error format (the protocol's under /v2), and the
+    request's id as the app would give it."""
+    found = _REQUEST_ID.search(head)
+    request_id = found.group(1) if found else uuid.uuid4().hex.encode()
+    body = _BUSY_BODY_OIP if path == b"/v2" or path.startswith(b"/v2/") else _BUSY_BODY
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
+        b"X-Request-ID: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+        % (retry_after_s, request_id, len(body), body)
     )
-    return head.encode() + body
+
+
+def _target_path(head: bytes) -> bytes:
+    """The path of a request line (or of the head it starts): its target up to the query."""
+    line = head.partition(b"\r\n")[0]
+    return line.partition(b" ")[2].partition(b" ")[0].partition(b"?")[0]
 
 
 class BufferedUnreader(Unreader):
@@ -161,7 +171,7 @@ class BufferingThreadWorker(ThreadWorker):
         # of it), after holding memory and a thread's time: refuse it now, from the loop, in microseconds.
         # Closed-loop clients stay below it up to many times the threads; an open flood does not.
         self.door_wait_s = cfg.max_queue_wait_ms / 1000 * 0.75
-        self._busy = _busy_reply(cfg.retry_after_s)
+        self.retry_after_s = cfg.retry_after_s
         self._queue_lock = threading.Lock()
         self._waiting = 0  # requests handed to the pool, not yet taken by a thread
         self._taken_at = 0.0  # when a thread last took one
@@ -256,8 +266,10 @@ class BufferingThreadWorker(ThreadWorker):
             return
         shed = self._shed(conn, reading)
         if shed:
+            head = bytes(reading.buf[: reading.head_end])
+            reply = busy_reply(head, _target_path(head), self.retry_after_s)
             with contextlib.suppress(OSError):  # a few hundred bytes: the socket buffer takes them at once
-                conn.sock.send(self._busy)
+                conn.sock.send(reply)
             _count_shed(shed)
             self._close(conn)
             return
@@ -269,8 +281,8 @@ class BufferingThreadWorker(ThreadWorker):
         """Why a complete request is refused at the door ("saturated": the app's door; "queue"), or None."""
         held = None
         if self._door is not None:
-            method, _, rest = bytes(reading.buf[: reading.buf.find(b"\r\n")]).partition(b" ")
-            held = self._door(method, rest.partition(b" ")[0].partition(b"?")[0])
+            line = bytes(reading.buf[: reading.buf.find(b"\r\n")])
+            held = self._door(line.partition(b" ")[0], _target_path(line))
             if held is False:
                 return "saturated"
         with self._queue_lock:
