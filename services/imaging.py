@@ -6,14 +6,16 @@ are too loose for uploads: formats are pinned (no EPS/Ghostscript), the header's
 pixel count are checked before Pillow parses or decodes anything, the memory a decode will take is
 estimated from the header and refused over a budget, and truncated files are errors.
 
-What a decode costs, and so what `max_decode_bytes` (64 MiB by default) admits:
+What a decode costs, and so what `max_decode_bytes` (192 MiB by default) admits; every decode also holds its
+estimate in the process's budget (services/decode_budget.py), so threads cannot multiply it:
 
-| upload | decoded | bytes per pixel | fits 64 MiB |
+| upload | decoded | bytes per pixel | fits 192 MiB |
 |---|---|---|---|
 | baseline JPEG | at 1/2-1/8 scale (DCT scaling) | ~0.1 | any size within `max_image_pixels` |
-| progressive (or multi-scan) JPEG | coefficients at full size | 3 (4:2:0), 6 (4:4:4) | ≤ 22 Mpx, ≤ 11 Mpx |
-| PNG: RGB, RGBA, grey + alpha | full size | 4 | ≤ 16 Mpx (4000×3000, not 8000×6000) |
-| PNG: grey, palette / 16-bit grey | full size | 1 / 2 | ≤ 50 Mpx / ≤ 32 Mpx |
+| progressive (or multi-scan) JPEG | coefficients at full size | 3 (4:2:0), 6 (4:4:4) | any size, ≤ 32 Mpx |
+| PNG: RGB, RGBA, grey + alpha | full size | 4 | ≤ 48 Mpx (8000×6000, not 7000×7000) |
+| PNG: grey, palette / 16-bit grey | full size | 1 / 2 | any size within `max_image_pixels` |
+| WebP, AVIF, HEIC, GIF, BMP, TIFF | full size (first frame or page) | see services/formats.py | |
 
 Colour conversion, alpha compositing, cropping and the first (integer) reduction run a strip at a time, so
 they add a few MB, not another copy of the image.
@@ -26,8 +28,9 @@ import math
 import struct
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
+from services import decode_budget, formats
 from services.config import ImageLimits
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, never a half-grey image
@@ -39,14 +42,10 @@ Image.MAX_IMAGE_PIXELS = None
 PngImagePlugin.MAX_TEXT_MEMORY = 16 * 1024 * 1024
 
 DEFAULT_LIMITS = ImageLimits()
-FORMATS = ("JPEG", "PNG")  # what the model server decodes; everything else is refused by type
-_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"))
-_OTHER_MAGIC = (  # recognised only to name them in the error message
-    (b"GIF8", "GIF"), (b"RIFF", "WebP/RIFF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-    (b"%PDF", "PDF"), (b"%!PS", "PostScript"),
-)  # fmt: skip
+FORMATS = formats.ACCEPTED_FORMATS  # what both tiers decode; everything else is refused by type (415)
+ACCEPTED_PHRASE = formats.ACCEPTED_PHRASE  # "a JPEG, PNG, ... photo", for messages
 _BIT16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit greyscale PNGs: scale down, don't clip
-_CONVERTIBLE = ("RGB", "L", "P", "1", "CMYK", "YCbCr", "RGBA", "LA", "PA", "RGBa", "La", *_BIT16)
+_CONVERTIBLE = ("RGB", "L", "P", "1", "CMYK", "YCbCr", "RGBA", "LA", "PA", "RGBa", "La", "RGBX", "F", *_BIT16)
 _ONE_BYTE = ("1", "L", "P")  # Pillow stores these at 1 byte a pixel, 16-bit grey at 2, everything else at 4
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSE = {
@@ -73,6 +72,9 @@ _JPEG_SOF_OTHER = (0xC3, 0xC5, 0xC6, 0xC7, 0xCB, 0xCD, 0xCE, 0xCF)  # lossless, 
 _STRIP_BYTES = 1 << 20  # how much of the image `fit` converts at a time
 _REDUCING_GAP = 3.0  # reduce by an integer factor first while ≥ 3× the output size is left (Pillow's resize)
 _FULL_SCAN = "zerolens.full_coefficients"  # img.info key set by open_image: libjpeg buffers the whole image
+_UPLOAD_BYTES = "zerolens.upload_bytes"  # img.info key set by open_image: the file's size
+_FLOAT_RANGE = "zerolens.float_range"  # img.info key set by fit: a float image's (lowest, highest) value
+_ORIENTED = ("WEBP", "AVIF", "TIFF")  # besides JPEG; libheif applies a HEIC's rotation itself
 
 
 class ImageError(ValueError):
@@ -93,11 +95,7 @@ class ImageInfo:
 
 def sniff(data: bytes | memoryview) -> str | None:
     """The image format named by the leading bytes, or None; the file name and content type are ignored."""
-    head = bytes(data[:16])
-    for magic, name in _MAGIC:
-        if head.startswith(magic):
-            return name
-    return None
+    return formats.sniff(bytes(data[:256]))
 
 
 def _jpeg_full_coefficients(data: bytes) -> bool:
@@ -160,28 +158,36 @@ def open_image(
 ) -> Image.Image:
     """The upload opened lazily, its structure, type, size and mode checked from the header (no decoding).
 
-    :raise ImageError: empty, not JPEG/PNG, malformed header, unreadable header, a side over `max_side`,
-        too many pixels, unsupported mode.
+    :raise ImageError: empty, not an accepted type, malformed header, unreadable header, a side over
+        `max_side`, too many pixels, unsupported mode.
     """
     if len(data) == 0:
         raise ImageError("the upload is empty")
     fmt = sniff(data)
     if fmt is None:
         head = bytes(data[:16])
-        other = next((name for magic, name in _OTHER_MAGIC if head.startswith(magic)), None)
-        kind = f"a {other} file" if other else "not a JPEG or PNG image"
-        raise ImageError(f"unsupported file type: {kind}; upload a JPEG or PNG photo", unsupported=True)
+        other = next((name for magic, name in formats.OTHER_MAGIC if head.startswith(magic)), None)
+        article = "an" if other and other[0] in "AEIOU" else "a"
+        kind = f"{article} {other} file" if other else "not an image of an accepted type"
+        raise ImageError(f"unsupported file type: {kind}; upload {ACCEPTED_PHRASE}", unsupported=True)
     raw = data if isinstance(data, bytes) else bytes(data)
-    full_coefficients = False
-    if fmt == "JPEG":
-        full_coefficients = _jpeg_full_coefficients(raw)
-    else:
-        _png_check_chunks(raw)
+    full_coefficients = _check_header(raw, fmt, max_pixels, max_side)
     try:
         img = Image.open(io.BytesIO(raw), formats=[fmt])
-    except (OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # Pillow's message names its file object ("<_io.BytesIO object at 0x…>")
+        raise ImageError(f"cannot read {fmt} image: the file is truncated or damaged") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"cannot read {fmt} image: {exc}") from None
-    width, height = img.size
+    _check_size(*img.size, max_pixels, max_side)
+    if img.mode not in _CONVERTIBLE:
+        raise ImageError(f"unsupported image mode {img.mode!r}")
+    if full_coefficients or img.info.get("progressive"):
+        img.info[_FULL_SCAN] = True
+    img.info[_UPLOAD_BYTES] = len(raw)
+    return img
+
+
+def _check_size(width: int, height: int, max_pixels: int, max_side: int) -> None:
     if max(width, height) > max_side:
         raise ImageError(f"image is {width:,}×{height:,} pixels, a side over the {max_side:,} pixel limit")
     if width * height > max_pixels:
@@ -190,11 +196,27 @@ def open_image(
         )
     if width < 1 or height < 1:
         raise ImageError("image has no pixels")
-    if img.mode not in _CONVERTIBLE:
-        raise ImageError(f"unsupported image mode {img.mode!r}")
-    if full_coefficients or img.info.get("progressive"):
-        img.info[_FULL_SCAN] = True
-    return img
+
+
+def _check_header(raw: bytes, fmt: str, max_pixels: int, max_side: int) -> bool:
+    """The checks due before Pillow parses the header; True for a JPEG whose coefficients libjpeg buffers.
+
+    :raise ImageError: a header over a structural limit, a WebP canvas over the size limits.
+    """
+    if fmt == "JPEG":
+        return _jpeg_full_coefficients(raw)
+    try:
+        if fmt == "PNG":
+            _png_check_chunks(raw)
+        elif fmt == "TIFF":
+            formats.check_tiff(raw)
+        elif fmt == "BMP":
+            formats.check_bmp(raw)
+    except formats.HeaderError as exc:
+        raise ImageError(str(exc)) from None
+    if fmt == "WEBP" and (canvas := formats.webp_size(raw)):
+        _check_size(*canvas, max_pixels, max_side)  # libwebp allocates the canvas as Pillow opens the file
+    return False
 
 
 def describe(img: Image.Image) -> ImageInfo:
@@ -209,6 +231,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in _BIT16:
         # 16-bit greyscale: convert("L") would clip everything above 255 to white.
         return img.convert("I").point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if img.mode == "F":
+        # Floats have no fixed range (0..1, 0..255, or measurements): stretch the whole image's to 0..255.
+        low, high = img.info.get(_FLOAT_RANGE, (0.0, 1.0))
+        scale = 255 / (high - low) if high > low else 0.0
+        return img.point(lambda v: v * scale - low * scale).convert("L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels often hide black or junk colour: composite onto white, as a viewer shows them.
         rgba = img.convert("RGBA")
@@ -260,18 +287,6 @@ def _image_bytes(width: int, height: int, mode: str) -> int:
     return height * (width * _bytes_per_pixel(mode) + 8)  # Pillow keeps a pointer per row
 
 
-def _coefficient_bytes(width: int, height: int, layers: list[tuple[int, int, int, int]]) -> int:
-    """libjpeg's whole-image coefficient buffers: 64 × 2 bytes per 8×8 block, padded to whole MCUs."""
-    h_max = max((h for _, h, _, _ in layers), default=1)
-    v_max = max((v for _, _, v, _ in layers), default=1)
-    total = 0
-    for _, h, v, _ in layers:
-        blocks_x = math.ceil(math.ceil(width * h / h_max) / 8)
-        blocks_y = math.ceil(math.ceil(height * v / v_max) / 8)
-        total += math.ceil(blocks_x / h) * h * math.ceil(blocks_y / v) * v * 128
-    return total
-
-
 def decode_bytes(img: Image.Image, size: int, crop_fraction: float, full_size: tuple[int, int]) -> int:
     """Memory `fit` will allocate for `img` (after any JPEG draft), estimated from the header.
 
@@ -282,9 +297,11 @@ def decode_bytes(img: Image.Image, size: int, crop_fraction: float, full_size: t
     if isinstance(img, JpegImagePlugin.JpegImageFile):
         total += full_size[0] * 64  # libjpeg's MCU-row and upsampling buffers
         if img.info.get(_FULL_SCAN):
-            total += _coefficient_bytes(*full_size, img.layer)
-    else:
+            total += formats.jpeg_coefficient_bytes(*full_size, img.layer)
+    elif img.format == "PNG":
         total += 2 * 8 * width + 64  # PNG: this row and the previous one, up to 16-bit RGBA
+    else:
+        total += formats.decode_overhead(img, img.format or "", img.info.get(_UPLOAD_BYTES, 0))
     plan = _plan(width, height, size, crop_fraction)
     region_w = plan.region[2] - plan.region[0]
     region_h = plan.region[3] - plan.region[1]
@@ -298,8 +315,10 @@ def _refuse_over_budget(img: Image.Image, need: int, budget: int, full_size: tup
     if isinstance(img, JpegImagePlugin.JpegImageFile):
         kind, advice = "progressive or multi-scan JPEG", "save it as a baseline (non-progressive) JPEG"
     else:
-        most = budget / (_bytes_per_pixel(img.mode) * 1e6)
-        kind, advice = "PNG", f"a PNG like this one may have up to about {most:.0f} megapixels; send a JPEG"
+        per_pixel = _bytes_per_pixel(img.mode) if img.format == "PNG" else need / (width * height)
+        most = budget / (per_pixel * 1e6)
+        kind = {"HEIF": "HEIC/HEIF", "WEBP": "WebP"}.get(img.format or "", img.format or "image")
+        advice = f"a {kind} like this one may have up to about {most:.0f} megapixels; send a JPEG"
     raise ImageError(
         f"decoding this {width:,}×{height:,} {kind} would take about {need / mib:,.0f} MiB, over the "
         f"{budget / mib:,.0f} MiB limit per image; {advice} or a smaller image"
@@ -338,28 +357,40 @@ def fit(
 
     JPEGs are decoded at the smallest DCT scale that still leaves the crop at least `size` pixels wide
     (Pillow draft), which is several times faster for big photos and loses nothing at the output size.
-    Before decoding, the memory the decode will take is estimated (`decode_bytes`) and checked.
+    Before decoding, the memory the decode will take is estimated (`decode_bytes`), checked against
+    `max_decode_bytes` and the process's whole decode budget, and held in that budget while it runs.
 
-    :raise ImageError: the decode would take more than `max_decode_bytes`; truncated or corrupt pixel data.
+    :raise ImageError: the decode would take more than `max_decode_bytes` or the whole budget; truncated or
+        corrupt pixel data.
+    :raise decode_budget.DecodeBusy: other decodes kept the budget full for DECODE_WAIT_S (overload).
+    `img` is closed afterwards (its size, mode and info stay): only the small result is kept.
     """
     full_size = img.size
     is_jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)
     try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if is_jpeg else 1
+        oriented = is_jpeg or img.format in _ORIENTED
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if oriented else 1
         if is_jpeg:
             need = math.ceil(size / crop_fraction)
             img.draft("RGB", (need, need))
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot decode image: {exc}") from None
     need_bytes = decode_bytes(img, size, crop_fraction, full_size)
-    if need_bytes > max_decode_bytes:
-        _refuse_over_budget(img, need_bytes, max_decode_bytes, full_size)
+    limit = min(max_decode_bytes, decode_budget.total() or max_decode_bytes)  # more could never be held
+    if need_bytes > limit:
+        _refuse_over_budget(img, need_bytes, limit, full_size)
     try:
-        img.load()
-        plan = _plan(img.size[0], img.size[1], size, crop_fraction)
-        region = _reduce_region(img, plan)
-        out = region.resize((size, size), Image.Resampling.BICUBIC, box=plan.box)
-    except (OSError, SyntaxError, ValueError) as exc:
+        with decode_budget.hold(need_bytes):
+            try:
+                img.load()
+                if img.mode == "F":
+                    img.info[_FLOAT_RANGE] = img.getextrema()  # each strip is scaled alike (_to_rgb)
+                plan = _plan(img.size[0], img.size[1], size, crop_fraction)
+                region = _reduce_region(img, plan)
+                out = region.resize((size, size), Image.Resampling.BICUBIC, box=plan.box)
+            finally:
+                img.close()  # its pixels go with the reservation, not when the caller lets go of `img`
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"cannot decode image: {exc}") from None
     # A centred square crop commutes with rotation, so orientation is applied to the small result.
     transpose = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None

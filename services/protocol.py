@@ -28,7 +28,7 @@ OP_CLASSIFY = "classify"
 OP_PING = "ping"  # readiness probe from the web tier: no payload, answers OK with the model name
 OPS = (OP_CLASSIFY, OP_PING)
 
-# The image frame holds either the uploaded file (JPEG/PNG; the server decodes it) or pixels the client
+# The image frame holds either the uploaded file (imaging.FORMATS; the server decodes it) or pixels the client
 # already decoded, centre-cropped and resized to the model's input: height × width × 3 uint8, row-major RGB.
 ENCODING_IMAGE = "image"
 ENCODING_RGB8 = "rgb8"
@@ -54,7 +54,7 @@ class Status(StrEnum):
     """Outcome of a request, carried in every reply."""
 
     OK = "OK"
-    BAD_IMAGE = "BAD_IMAGE"  # not a decodable JPEG/PNG, truncated, too many pixels, unsupported mode
+    BAD_IMAGE = "BAD_IMAGE"  # not a decodable accepted photo, truncated, too many pixels, bad mode
     TOO_LARGE = "TOO_LARGE"  # image payload over the server's byte limit
     OVERLOADED = "OVERLOADED"  # bounded queue full, or the server is draining: try again / elsewhere
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the request's deadline passed before it could be answered

@@ -97,6 +97,7 @@ def bad_uploads(photos: dict[str, Upload]) -> dict[str, Upload]:
         "text": Upload(b"this is not a photo, just text named .jpg\n" * 20, "notes.jpg", "image/jpeg"),
         "truncated_jpeg": Upload(jpeg[: len(jpeg) // 2], "truncated.jpg", "image/jpeg"),
         "gif": Upload(_encode(small.convert("P"), "GIF"), "anim.gif", "image/gif"),
+        "ico": Upload(_encode(small, "ICO"), "icon.ico", "image/x-icon"),  # not an accepted type
         "png_alpha": Upload(_encode(rgba, "PNG"), "alpha.png", "image/png"),
         "cmyk_jpeg": Upload(_encode(small.convert("CMYK"), "JPEG"), "cmyk.jpg", "image/jpeg"),
         "png_16bit": Upload(_encode(grey16, "PNG"), "grey16.png", "image/png"),

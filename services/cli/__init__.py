@@ -80,7 +80,7 @@ def _add_predict(commands: argparse._SubParsersAction, common: argparse.Argument
         "predict",
         parents=[common],
         help="classify photos",
-        description="Classify photos: files, directories (searched for .jpg, .jpeg and .png) and globs.",
+        description="Classify photos: files, directories (searched for photo suffixes) and globs.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -11,7 +11,9 @@ from services.cli.outcomes import UsageError
 
 # What the service classifies; other files found in a directory or by a glob are skipped, so that a
 # README or a .txt next to the photos is not sent only to be refused.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp", ".tif", ".tiff"}
+)
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -55,13 +57,13 @@ def expand(names: Iterable[str]) -> tuple[list[Path], bool]:
         if path.is_dir():
             found, searched = _in_directory(path), True
             if not found:
-                raise PhotoNotFound(f"no JPEG or PNG photo in the directory {name}")
+                raise PhotoNotFound(f"no photo (JPEG, PNG, WebP, HEIC, ...) in the directory {name}")
         elif path.exists():
             found = [path]
         elif GLOB_CHARS & set(name):
             found, searched = _matches(name), True
             if not found:
-                raise PhotoNotFound(f"no JPEG or PNG photo matches {name}")
+                raise PhotoNotFound(f"no photo (JPEG, PNG, WebP, HEIC, ...) matches {name}")
         else:
             raise PhotoNotFound(f"no such file or directory: {name}")
         photos |= dict.fromkeys(found)

@@ -1,16 +1,20 @@
 """`python -m services.model`: load and warm the model, serve it, drain and exit on SIGTERM.
 
-Exit status 2: a bad setting or broken model artifacts, in one log line; 1: a crash or a dead core thread."""
+Exit status 2: a bad setting, a port in use or broken model artifacts, in one log line; 1: a crash or a dead
+core thread."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
 import threading
 import time
 
-from services import config, keys, logs, tracing
+import zmq
+
+from services import config, decode_budget, keys, logs, tracing
 from services.config import ModelConfig
 from services.model.health import HealthServer
 from services.model.metrics import ServerMetrics
@@ -70,6 +74,16 @@ def _serve_until(stop: threading.Event, server: ModelServer, cfg: ModelConfig) -
     return status
 
 
+def _log_bind_error(setting: str, host: str, port: int, code: int | None, reason: str | None) -> None:
+    """One line naming the port and the setting that moves it: a port in use is the usual case."""
+    if code == errno.EADDRINUSE:
+        log.error(
+            "port %d is in use; stop what holds it or choose another (ZEROLENS_%s)", port, setting.upper()
+        )
+    else:
+        log.error("cannot listen on %s:%d (ZEROLENS_%s): %s", host, port, setting.upper(), reason)
+
+
 def main() -> int:
     # Console lines until the settings are read: a bad setting may be log_format itself.
     logs.configure("console")
@@ -83,16 +97,22 @@ def main() -> int:
         return server.liveness() if server else (True, "loading the model")
 
     def ready() -> tuple[bool, str]:
-        return server.readiness() if server else (False, "loading the model")
+        return server.readiness() if server else (False, "loading and warming up the model")
 
     try:
         cfg, curve = _settings()
     except _Bad as bad:
         return bad.status
     logs.configure(cfg.log_format, cfg.model_log_level.upper())
+    decode_budget.configure(cfg.decode_memory_bytes)  # shared by the decoder threads (decode_threads)
     tracing.setup("zerolens-model", cfg.otlp_endpoint)  # before the pipeline, which asks whether it is on
     # The health port comes up first, so a slow model load shows as "not ready", not "dead".
-    health = HealthServer(cfg.host, cfg.health_port, live, ready, metrics.registry).start()
+    try:
+        health = HealthServer(cfg.host, cfg.health_port, live, ready, metrics.registry).start()
+    except OSError as exc:
+        _log_bind_error("health_port", cfg.host, cfg.health_port, exc.errno, exc.strerror)
+        tracing.shutdown()
+        return 2
     log.info("health on port %d (/livez, /readyz, /metrics)", health.port)
     try:
         runtime = _load_model(cfg, metrics)
@@ -101,6 +121,9 @@ def main() -> int:
         server = ModelServer(cfg, runtime, metrics, curve)
         try:
             server.start()
+        except zmq.ZMQError as exc:
+            _log_bind_error("port", cfg.host, cfg.port, exc.errno, exc.strerror)
+            return 2
         except Exception as exc:
             log.error("cannot start: %s", exc)
             return 1

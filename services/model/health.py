@@ -1,7 +1,12 @@
-"""The model server's small HTTP port: /livez, /readyz and /metrics for Kubernetes and Prometheus."""
+"""The model server's small HTTP port: /livez, /readyz and /metrics for Kubernetes and Prometheus.
+
+The probes answer JSON, as the web tier's do: /livez `{"status": "alive"}`; /readyz `{"status": "ready",
+"model": NAME}` (200) or `{"status": "not ready", "reason": "..."}` (503). Kubernetes reads only the status.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -13,7 +18,9 @@ from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
 
-Probe = Callable[[], tuple[bool, str]]  # (healthy, reason)
+# (healthy, detail): the reason when not; when ready, the model's name (liveness's detail is not shown)
+Probe = Callable[[], tuple[bool, str]]
+JSON = "application/json"
 
 
 class _Server(ThreadingHTTPServer):
@@ -47,8 +54,8 @@ def _handler(live: Probe, ready: Probe, registry: CollectorRegistry) -> type[Bas
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0]
             if path in ("/livez", "/readyz"):
-                ok, reason = (live if path == "/livez" else ready)()
-                self._send(200 if ok else 503, "text/plain; charset=utf-8", (reason + "\n").encode())
+                ok, detail = (live if path == "/livez" else ready)()
+                self._send(200 if ok else 503, JSON, _probe_body(path, ok, detail))
             elif path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._send(200, content_type, encoder(registry))
@@ -66,3 +73,12 @@ def _handler(live: Probe, ready: Probe, registry: CollectorRegistry) -> type[Bas
             log.debug("health %s", format % args)
 
     return Handler
+
+
+def _probe_body(path: str, ok: bool, detail: str) -> bytes:
+    """A probe's JSON answer: its status, and the model (ready) or the reason (not ready, not alive)."""
+    if path == "/livez":
+        body = {"status": "alive"} if ok else {"status": "not alive", "reason": detail}
+    else:
+        body = {"status": "ready", "model": detail} if ok else {"status": "not ready", "reason": detail}
+    return (json.dumps(body) + "\n").encode()

@@ -31,7 +31,7 @@ class ServerMetrics:
         )
         self.refused = Counter(
             "zerolens_model_refused_requests",
-            "Requests answered OVERLOADED at admission: queue_full, client_limit or draining",
+            "Requests answered OVERLOADED: queue_full, client_limit, draining, decode_busy (decode memory)",
             ["reason"],
             registry=r,
         )

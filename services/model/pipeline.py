@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from services import imaging, logs, tracing
+from services import decode_budget, imaging, logs, tracing
 from services.config import ModelConfig
 from services.model.batcher import Batcher, BatcherStopped, BatchResult, DeadlineExceeded, QueueFull
 from services.model.metrics import ServerMetrics
@@ -294,6 +294,9 @@ class Pipeline:
             image = decoding.result()
         except imaging.ImageError as exc:
             return job.fail(Status.BAD_IMAGE, str(exc))
+        except decode_budget.DecodeBusy as exc:  # the other decodes' memory, not this photo: try again
+            self._metrics.refused.labels("decode_busy").inc()
+            return job.fail(Status.OVERLOADED, str(exc))
         except DeadlineExceeded as exc:
             return job.fail(Status.DEADLINE_EXCEEDED, str(exc))
         except Exception:

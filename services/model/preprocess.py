@@ -13,7 +13,7 @@ def decode_image(
 ) -> np.ndarray:
     """Decode, centre-crop and resize one photo to uint8 (normalising is the runtime's job).
 
-    :raise imaging.ImageError: for anything that is not a readable JPEG/PNG within the limits.
+    :raise imaging.ImageError: for anything that is not a readable photo of an accepted type within limits.
     """
     image = imaging.load_rgb(data, size, crop_fraction, limits)
     return np.asarray(image, dtype=np.uint8)

@@ -56,6 +56,7 @@ class ModelServer:
         self.metrics = metrics
         self.context = zmq.Context()
         self.pipeline = Pipeline(cfg, runtime, metrics)
+        self.model_name = runtime.name  # as its replies name it
         self.workers: list[Worker] = []
         self.port = cfg.port
         self._bound = threading.Event()
@@ -164,16 +165,18 @@ class ModelServer:
         return True, "alive"
 
     def readiness(self) -> tuple[bool, str]:
+        """(True, the model's name) when it takes requests, else (False, why not)."""
         if not self._started:
             return False, "loading the model"
         if self.pipeline.draining:
-            return False, "draining"
+            return False, "draining: finishing the requests in flight, taking no new ones"
         if not all(w.is_alive() for w in self.workers):
             return False, "a worker thread stopped"
         running_s = self.pipeline.batcher.longest_call_s()
         if running_s > self.cfg.inference_timeout_s:  # send traffic elsewhere while it may still return
             return False, f"an inference call has run for {running_s:.1f} s (inference_timeout_s)"
-        return self.liveness()
+        alive, reason = self.liveness()
+        return (True, self.model_name) if alive else (False, reason)
 
     def stop(self, drain_timeout_s: float) -> None:
         """Stop taking work, finish what is in flight (up to drain_timeout_s), then close everything."""

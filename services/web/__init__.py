@@ -20,6 +20,7 @@ from services.web import discovery
 # connection is closed or reused (discard_body).
 DISCARD_MAX_BYTES = 64 << 20
 DISCARD_MAX_S = 5.0
+FORM_FIELDS = 2  # parts a form may have besides its photos: top_k, and one more a client adds
 
 
 class TooManyParts(RequestEntityTooLarge):
@@ -166,9 +167,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         ZEROLENS=cfg,
         # the whole body: a bigger upload is refused with 413 before it is parsed
         MAX_CONTENT_LENGTH=cfg.max_upload_bytes,
-        # the form has one file and a field or two: refuse a flood of parts. MAX_FORM_MEMORY_SIZE stays at
-        # Flask's 500 kB: Werkzeug checks it against its parse buffer for file parts too; less breaks uploads.
-        MAX_FORM_PARTS=16,
+        # the form has up to max_images_per_request photos and a field or two: refuse a flood of parts.
+        # MAX_FORM_MEMORY_SIZE stays at Flask's 500 kB: Werkzeug checks it against its parse buffer for file
+        # parts too; less breaks uploads.
+        MAX_FORM_PARTS=cfg.max_images_per_request + FORM_FIELDS,
     )
     app.config.update(flask_settings)
     app.json.sort_keys = False  # keep the API's field order as written (request_id first)

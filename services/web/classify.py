@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, wait
 from dataclasses import dataclass
+from typing import Any, cast
 
 from PIL import Image
 
@@ -23,6 +24,7 @@ from services.config import WebConfig
 from services.protocol import Reply, Status
 from services.web.admission import Ticket
 from services.web.model_client import ModelClient, Shape
+from services.web.tiers import admission
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,41 @@ class Sent:
     started: float  # Photo.started
     sent: float
     answered: float
-    decoded: bool  # pixels went: the photo was preprocessed here, not on the model server
+    decode_s: float  # decoding and resizing here; 0 when the model server decoded the upload
 
     def timings_ms(self) -> dict[str, float]:
-        """The server's timings and the web tier's: its preprocessing, the round trip, the total until now."""
-        timings = dict(self.reply.timings_ms)  # the server's own: queue, preprocess, inference, total
-        if self.decoded:
-            timings["preprocess"] = _ms(self.sent - self.started)  # done here, not on the model server
-        timings["model_roundtrip_ms"] = _ms(self.answered - self.sent)
-        timings["total_ms"] = _ms(time.perf_counter() - self.started)  # web side, upload in memory → reply
-        return timings
+        """Where the request's time went, in milliseconds: the API's `timings_ms`.
+
+        total: upload in memory → answer ready (now); decode: decoding and resizing, here or on the model
+        server; queue: waiting on the model server for a decoder and for the batch; inference: the batch's
+        model call; model_server: receipt → reply there; roundtrip: send → reply here (model_server plus
+        the network). The wire keeps the server's own names (queue, preprocess, inference, total); a value
+        the server left out counts as 0.
+        """
+        server = self.reply.timings_ms
+        return {
+            "total": _ms(time.perf_counter() - self.started),
+            "decode": round(self.decode_s * 1000 + server.get("preprocess", 0.0), 3),
+            "queue": round(server.get("queue", 0.0), 3),
+            "inference": round(server.get("inference", 0.0), 3),
+            "model_server": round(server.get("total", 0.0), 3),
+            "roundtrip": _ms(self.answered - self.sent),
+        }
+
+
+def api_result(sent: Sent, info: imaging.ImageInfo) -> dict[str, Any]:
+    """The API's answer for one classified photo (its reply OK): predictions, model, batch, image, timings."""
+    reply = sent.reply
+    return {
+        "request_id": reply.request_id,
+        "predictions": [
+            {"label": p.label, "index": p.index, "probability": p.probability} for p in reply.predictions
+        ],
+        "model": reply.model,
+        "batch_size": reply.batch_size,
+        "image": {"format": info.format, "width": info.width, "height": info.height},
+        "timings_ms": sent.timings_ms(),
+    }
 
 
 def send_photo(client: ModelClient, photo: Photo, cfg: WebConfig, before_send: Callable[[], None]) -> Sent:
@@ -66,8 +93,10 @@ def send_photo(client: ModelClient, photo: Photo, cfg: WebConfig, before_send: C
     spec = client.input_spec() if cfg.decode_in_web else None
     if spec is not None:
         size, crop_fraction = spec
+        decoding = time.perf_counter()
         pixels = imaging.fit(photo.image, size, crop_fraction, cfg.max_decode_bytes).tobytes()
-        sent = _send(client, photo, before_send, pixels, (size, size, 3))
+        decode_s = time.perf_counter() - decoding
+        sent = _send(client, photo, before_send, pixels, (size, size, 3), decode_s)
         if sent.reply.status is not Status.BAD_REQUEST:
             return sent
         client.forget_input_spec()  # the model (and its input size) changed under us: ask again next time
@@ -82,10 +111,29 @@ def send_photos(
     before_send: Callable[[], None],
     pool: Executor,
 ) -> list[Sent]:
-    """Send several photos at once, as many at a time as there are tickets, each from a pool thread with
-    its own client: they reach the model servers together and batch there. Answers in the photos' order.
+    """Send several photos at once (send_each), answering in the photos' order.
 
     :raise: the first photo's error (imaging.ImageError, ModelUnavailable, ModelTimeout, ClientGone).
+    """
+    outcomes = send_each(photos, cfg, tickets, client_for, before_send, pool)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return cast(list[Sent], outcomes)
+
+
+def send_each(
+    photos: list[Photo],
+    cfg: WebConfig,
+    tickets: list[Ticket],
+    client_for: Callable[[], ModelClient],
+    before_send: Callable[[], None],
+    pool: Executor,
+) -> list[Sent | BaseException]:
+    """Send several photos at once, as many at a time as there are tickets, each from a pool thread with
+    its own client: they reach the model servers together and batch there. Answers in the photos' order,
+    each photo's reply or the error that stopped it (imaging.ImageError, ModelUnavailable, ModelTimeout,
+    ClientGone), so that one photo's failure leaves the others theirs.
     """
     free: queue.SimpleQueue[Ticket] = queue.SimpleQueue()
     for ticket in tickets:
@@ -101,24 +149,52 @@ def send_photos(
             free.put(ticket)
 
     if len(photos) == 1:
-        return [one(photos[0])]
+        try:
+            return [one(photos[0])]
+        except Exception as exc:
+            return [exc]
     # Each photo runs in a copy of this thread's context: its log lines and spans stay the request's.
     futures = [pool.submit(contextvars.copy_context().run, one, photo) for photo in photos]
     wait(futures)  # all of them, even after a failure: their tickets are given back only afterwards
-    return [future.result() for future in futures]
+    return [future.exception() or future.result() for future in futures]
+
+
+def more_tickets(cfg: WebConfig, wanted: int) -> list[Ticket]:
+    """Up to `wanted` more places under the admission limit: a request's photos go that many at a time."""
+    gate, taken = admission(cfg), []
+    for _ in range(max(0, wanted)):
+        ticket = gate.try_acquire()
+        if ticket is None:
+            break
+        taken.append(ticket)
+    return taken
+
+
+def photo_request_id(request_id: str, index: int, count: int) -> str:
+    """The model request id of one photo: the request's id, numbered when the request has several."""
+    if count == 1:
+        return request_id
+    suffix = f".{index}"
+    return request_id[: 64 - len(suffix)] + suffix
 
 
 def _send(
-    client: ModelClient, photo: Photo, before_send: Callable[[], None], image: bytes, shape: Shape | None
+    client: ModelClient,
+    photo: Photo,
+    before_send: Callable[[], None],
+    image: bytes,
+    shape: Shape | None,
+    decode_s: float = 0.0,
 ) -> Sent:
-    """One classify request for the photo, within what is left of its deadline."""
+    """One classify request for the photo, within what is left of its deadline; `decode_s`: the time it
+    took to decode the pixels sent (0 for an upload sent as it is)."""
     before_send()
     sent = time.perf_counter()
     timeout_ms = _left_ms(photo.deadline)
     reply = client.classify(
         image, photo.top_k, request_id=photo.request_id, shape=shape, timeout_ms=timeout_ms
     )
-    return Sent(reply, photo.started, sent, time.perf_counter(), decoded=shape is not None)
+    return Sent(reply, photo.started, sent, time.perf_counter(), decode_s)
 
 
 def _left_ms(deadline: float) -> int:

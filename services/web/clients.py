@@ -70,6 +70,12 @@ def client_factory() -> ClientFactory:
     return current_app.config.get("MODEL_CLIENT") or thread_client
 
 
+def client_maker() -> Callable[[], ModelClient]:
+    """Makes the calling thread's model client for this app; for pool threads, which have no app context."""
+    cfg, factory = current_app.config["ZEROLENS"], client_factory()
+    return lambda: factory(cfg)  # type: ignore[return-value]
+
+
 def get_client() -> ModelClient:
     """The model client for this request: the app's MODEL_CLIENT factory (tests) or this thread's client."""
     if "model_client" not in g:

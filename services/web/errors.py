@@ -4,8 +4,9 @@ Data flow and where each failure is decided:
 
     upload bytes ──► web checks (imaging.open_image) ──► model server ──► Reply.status
     http:   request line too long 414, too many or too long headers 431 (gunicorn, plain text)
-    web:    empty or missing 400, not JPEG/PNG 415, bad header or bomb 400, and 413 naming the limit:
-            the body (with or without Content-Length), the number of form parts, a form field's size
+    web:    empty or missing 400, not an accepted type 415, bad header or bomb 400, and 413 naming the limit:
+            the body (with or without Content-Length), the number of form parts, a form field's size;
+            the worker's decode memory in use by other photos for too long 503 + Retry-After
     server: BAD_IMAGE 400, BAD_REQUEST 502, TOO_LARGE 413, OVERLOADED 503 + Retry-After,
             DEADLINE_EXCEEDED 504, INTERNAL 502
     client: no answer after the retries 503 + Retry-After, overall deadline passed 504
@@ -21,11 +22,13 @@ from werkzeug.exceptions import (
     BadRequest,
     GatewayTimeout,
     HTTPException,
+    MethodNotAllowed,
     RequestEntityTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
 
+from services.decode_budget import DecodeBusy
 from services.imaging import ImageError
 from services.protocol import Reply, Status
 from services.web import FormFieldTooLarge, TooManyParts
@@ -34,7 +37,7 @@ from services.web.model_client import ModelTimeout, ModelUnavailable
 log = logging.getLogger(__name__)
 
 _BUSY = "the model servers are busy; please try again in a moment"
-_HOW = "send the photo alone in the field 'image', with top_k as a query parameter or a short field"
+_HOW = "send the photos in the field 'image', with top_k as a query parameter or a short field"
 _MESSAGES = {  # what a user reads for each non-OK reply; the server's detail is appended where it helps
     Status.BAD_IMAGE: (BadRequest, "the image could not be decoded"),
     # The web tier built the request, so a refusal means the tiers disagree (e.g. protocol versions).
@@ -90,26 +93,46 @@ def _describe(e: HTTPException) -> str:
     if isinstance(e, RequestEntityTooLarge) and e.description == RequestEntityTooLarge.description:
         config = current_app.config  # each 413 names the limit that was hit
         if isinstance(e, TooManyParts):
-            return f"the form has more than {config['MAX_FORM_PARTS']} parts: {_HOW}"
+            photos = config["ZEROLENS"].max_images_per_request
+            return f"the form has more than {config['MAX_FORM_PARTS']} parts: {_HOW}, at most {photos} photos"
         if isinstance(e, FormFieldTooLarge):
             limit = _human_bytes(config["MAX_FORM_MEMORY_SIZE"])
             return f"a form field or a part's headers are larger than the {limit} limit: {_HOW}"
         return f"the upload is larger than the {_human_bytes(config['MAX_CONTENT_LENGTH'])} limit"
+    if isinstance(e, MethodNotAllowed) and e.description == MethodNotAllowed.description:
+        return _method_not_allowed(e)
     return e.description or e.name
+
+
+def _method_not_allowed(e: MethodNotAllowed) -> str:
+    """Which methods the path takes (as its Allow header says), instead of werkzeug's generic sentence."""
+    methods = [m for m in e.valid_methods or () if m not in ("HEAD", "OPTIONS")]  # added to every route
+    if methods == ["POST"]:  # every POST-only route classifies photos: the upload form and both APIs
+        return f"{request.method} is not allowed here: POST {request.path} takes a photo"
+    return f"{request.method} is not allowed here: use {' or '.join(methods)} {request.path}"
+
+
+def error_object(e: HTTPException) -> dict[str, object]:
+    """The API's error object for an HTTP error: its code, the status's name and the message."""
+    status = e.name.upper().replace(" ", "_").replace("-", "_")
+    return {"code": e.code, "status": status, "message": _describe(e)}
+
+
+def page_error(e: HTTPException) -> dict[str, object]:
+    """The upload page's error for an HTTP error: its code, title and message."""
+    return {"code": e.code, "title": e.name, "message": _describe(e)}
 
 
 def handle_http_exception(e: HTTPException) -> Response | HTTPException:
     """Render any HTTP error as JSON or as the upload page, keeping headers such as Retry-After and Allow."""
     if e.code is None:  # not an error (e.g. a routing redirect): let Flask answer it
         return e
-    message = _describe(e)
-    status = e.name.upper().replace(" ", "_").replace("-", "_")
     if request.path == "/v2" or request.path.startswith("/v2/"):
-        response = jsonify(error=message)  # the Open Inference Protocol's error body
+        response = jsonify(error=_describe(e))  # the Open Inference Protocol's error body
     elif wants_json():
-        response = jsonify(error={"code": e.code, "status": status, "message": message})
+        response = jsonify(error=error_object(e))
     else:
-        page = render_template("index.html", error={"code": e.code, "title": e.name, "message": message})
+        page = render_template("index.html", error=page_error(e))
         response = Response(page, mimetype="text/html")
     response.status_code = e.code
     for name, value in e.get_headers():
@@ -118,25 +141,35 @@ def handle_http_exception(e: HTTPException) -> Response | HTTPException:
     return response
 
 
-def _image_error(e: ImageError) -> Response | HTTPException:
-    kind = UnsupportedMediaType if e.unsupported else BadRequest
-    return handle_http_exception(kind(str(e)))
+def http_error(e: Exception) -> HTTPException:
+    """The HTTP error for a bad image or a model failure (an HTTP error stays itself).
+
+    :raise: `e` itself when it is none of these: a bug, for Flask's 500.
+    """
+    if isinstance(e, HTTPException):
+        return e
+    if isinstance(e, ImageError):
+        return (UnsupportedMediaType if e.unsupported else BadRequest)(str(e))
+    if isinstance(e, ModelUnavailable):
+        log.warning("model unavailable: %s", e)
+        message = "no model server is available right now; please try again in a moment"
+        return ServiceUnavailable(message, retry_after=_retry_after())
+    if isinstance(e, ModelTimeout):
+        log.warning("model timeout: %s", e)
+        return GatewayTimeout("the model server did not answer in time; please try again")
+    if isinstance(e, DecodeBusy):  # overload, not a bad photo: the same photo succeeds a moment later
+        log.warning("decode budget busy: %s", e)
+        message = "the server is busy decoding other photos; please try again in a moment"
+        return ServiceUnavailable(message, retry_after=_retry_after())
+    raise e
 
 
-def _unavailable(e: ModelUnavailable) -> Response | HTTPException:
-    log.warning("model unavailable: %s", e)
-    message = "no model server is available right now; please try again in a moment"
-    return handle_http_exception(ServiceUnavailable(message, retry_after=_retry_after()))
-
-
-def _timeout(e: ModelTimeout) -> Response | HTTPException:
-    log.warning("model timeout: %s", e)
-    return handle_http_exception(GatewayTimeout("the model server did not answer in time; please try again"))
+def _failure(e: Exception) -> Response | HTTPException:
+    return handle_http_exception(http_error(e))
 
 
 def register_error_handlers(app: Flask) -> None:
     """Route every HTTP error, bad image and model failure through one renderer."""
     app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(ImageError, _image_error)
-    app.register_error_handler(ModelUnavailable, _unavailable)
-    app.register_error_handler(ModelTimeout, _timeout)
+    for failure in (ImageError, ModelUnavailable, ModelTimeout, DecodeBusy):
+        app.register_error_handler(failure, _failure)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import errno
 import glob
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
-from services import keys, logs, tracing
+from services import decode_budget, keys, logs, tracing
 from services.config import PROMETHEUS_MULTIPROC_ENV, ConfigError, WebConfig, load
 
 # Fail at start on a bad ZEROLENS_* setting or missing CurveZMQ keys, before any worker forks, in one line.
@@ -89,8 +92,36 @@ if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
 
+def _refuse_busy_address(server) -> None:
+    """Exit in one line when the port is taken, instead of gunicorn's five tries over five seconds."""
+    if server.cfg.reuse_port or os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS"):
+        return  # sharing the port on purpose, or listening on sockets handed over (re-exec, systemd)
+    for address in server.cfg.address:
+        if not isinstance(address, tuple) or not address[1]:
+            continue  # a unix socket, or any free port
+        host, port = address[:2]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    sys.exit(
+                        f"port {port} is in use; stop what holds it or choose another (ZEROLENS_WEB_BIND)"
+                    )
+                sys.exit(f"cannot listen on {host}:{port} (ZEROLENS_WEB_BIND): {exc.strerror}")
+
+
+def _remove_created(master_pid: int) -> None:
+    if os.getpid() == master_pid:  # workers inherit this exit handler; the directory is the master's
+        for path in _created:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def on_starting(server) -> None:
     """Give prometheus-client a fresh directory for per-worker samples before any worker starts."""
+    _refuse_busy_address(server)
     # Set in the master before the fork, so every worker's prometheus-client starts in multiprocess mode.
     path = os.environ.get(_MULTIPROC_ENV)
     if path:
@@ -101,13 +132,17 @@ def on_starting(server) -> None:
         path = tempfile.mkdtemp(prefix="zerolens-prometheus-")
         os.environ[_MULTIPROC_ENV] = path
         _created.append(path)
+        # on_exit removes it; this, should gunicorn exit without calling on_exit (it cannot bind after all)
+        atexit.register(_remove_created, os.getpid())
     server.log.info("prometheus multiprocess directory: %s", path)
 
 
 def post_fork(server, worker) -> None:
     """Start exporting spans in each worker, when otlp_endpoint is set: the SDK's export thread does not
-    survive a fork, so the master never makes one."""
+    survive a fork, so the master never makes one. Give the worker its own decode budget: the app is not
+    preloaded, each worker builds it and decodes in its own memory."""
     tracing.setup("zerolens-web", _cfg.otlp_endpoint)
+    decode_budget.configure(_cfg.decode_memory_bytes)
 
 
 def worker_exit(server, worker) -> None:
@@ -124,5 +159,4 @@ def child_exit(server, worker) -> None:
 
 def on_exit(server) -> None:
     """Remove the metrics directory this config created."""
-    for path in _created:
-        shutil.rmtree(path, ignore_errors=True)
+    _remove_created(os.getpid())

@@ -12,7 +12,6 @@ import importlib.metadata
 import os
 import threading
 import time
-from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
@@ -22,13 +21,10 @@ from services.config import WebConfig
 from services.imaging import ImageError
 from services.protocol import MAX_CLASSES
 from services.web import correlation, oip_codec
-from services.web.admission import Ticket
-from services.web.classify import Photo, send_photos
-from services.web.clients import FAN_OUT_THREADS, client_factory, fan_out_pool, get_client
+from services.web.classify import Photo, more_tickets, photo_request_id, send_photos
+from services.web.clients import FAN_OUT_THREADS, client_maker, fan_out_pool, get_client
 from services.web.errors import error_for_reply
-from services.web.model_client import ModelClient
 from services.web.oip_codec import InferError
-from services.web.tiers import admission
 from services.web.views import admit, client_check, readiness
 
 bp = Blueprint("oip", __name__, url_prefix="/v2")
@@ -135,9 +131,9 @@ def infer(name: str, version: str | None = None) -> Response:
     try:
         model = _served_model(name, version)
         asked = _parse(cfg)
-        tickets += _more_tickets(cfg, min(len(asked.images), FAN_OUT_THREADS) - 1)
+        tickets += more_tickets(cfg, min(len(asked.images), FAN_OUT_THREADS) - 1)
         photos = [_photo(i, image, asked, deadline) for i, image in enumerate(asked.images)]
-        sent = send_photos(photos, cfg, tickets, _client_for(), client_check("before_send"), fan_out_pool())
+        sent = send_photos(photos, cfg, tickets, client_maker(), client_check("before_send"), fan_out_pool())
     finally:
         for ticket in tickets:
             ticket.close()
@@ -160,17 +156,6 @@ def _parse(cfg: WebConfig) -> oip_codec.InferRequest:
         raise BadRequest(str(exc)) from None
 
 
-def _more_tickets(cfg: WebConfig, wanted: int) -> list[Ticket]:
-    """Up to `wanted` more places under the admission limit: the photos then go that many at a time."""
-    gate, taken = admission(cfg), []
-    for _ in range(max(0, wanted)):
-        ticket = gate.try_acquire()
-        if ticket is None:
-            break
-        taken.append(ticket)
-    return taken
-
-
 def _photo(index: int, image: bytes, asked: oip_codec.InferRequest, deadline: float) -> Photo:
     """One photo of the request, checked here; an unreadable one fails the request, naming it."""
     cfg = _cfg()
@@ -179,22 +164,8 @@ def _photo(index: int, image: bytes, asked: oip_codec.InferRequest, deadline: fl
     except ImageError as exc:  # 400 even for a type it cannot read: the protocol's clients expect 400
         raise BadRequest(f"element {index} of input {oip_codec.INPUT!r}: {exc}") from None
     k = asked.classification or MAX_CLASSES  # the probabilities output carries every class
-    rid = _element_id(correlation.request_id(), index, len(asked.images))
+    rid = photo_request_id(correlation.request_id(), index, len(asked.images))
     return Photo(image, img, k, rid, deadline, time.perf_counter())
-
-
-def _element_id(request_id: str, index: int, count: int) -> str:
-    """The model request id of one photo: the request's id, numbered when the request has several."""
-    if count == 1:
-        return request_id
-    suffix = f".{index}"
-    return request_id[: 64 - len(suffix)] + suffix
-
-
-def _client_for() -> Callable[[], ModelClient]:
-    """Makes the calling thread's model client (pool threads have no request context)."""
-    cfg, factory = _cfg(), client_factory()
-    return lambda: factory(cfg)  # type: ignore[return-value]
 
 
 def _for_photo(index: int, count: int, error: HTTPException) -> HTTPException:

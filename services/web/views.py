@@ -16,24 +16,35 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import BadRequest, HTTPException, ServiceUnavailable, UnsupportedMediaType
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 
 from services import imaging
 from services.config import WebConfig
 from services.protocol import MAX_TOP_K
 from services.web import correlation, metrics
 from services.web.admission import Ticket
-from services.web.classify import Photo, send_photo
-from services.web.clients import get_client
-from services.web.errors import raise_for_reply
+from services.web.classify import Photo, api_result, more_tickets, send_photo
+from services.web.clients import FAN_OUT_THREADS, get_client
+from services.web.errors import error_object, page_error, raise_for_reply
 from services.web.front import ADMITTED, DOOR, DRAINING, REQUEST_START
 from services.web.model_client import ModelTimeout, ModelUnavailable
+from services.web.multi import Answer, Upload, classify_each
 from services.web.tiers import admission
 
 bp = Blueprint("web", __name__)
 FIELD = "image"  # the multipart field (and the <input name>) carrying the photo
 RAW_TYPES = ("application/octet-stream",)  # besides image/*: a raw body whose type is sniffed anyway
-_HOW = f"send a JPEG or PNG photo as multipart/form-data in the field {FIELD!r}"
+_HOW = f"send {imaging.ACCEPTED_PHRASE} as multipart/form-data in the field {FIELD!r}"
+_HOW_API = (  # the API takes the raw body too
+    f"send the photo as multipart/form-data in the field {FIELD!r}, "
+    "or as the raw body with its type, e.g. Content-Type: image/jpeg"
+)
 _BUSY = "the model servers are busy; please try again in a moment"
 # The classifications the worker's loop admits before they wait for a thread (see _install_door).
 DOOR_ENDPOINTS = {"web.predict", "oip.infer"}
@@ -84,31 +95,41 @@ def _top_k() -> int:
     return value
 
 
-def _form_upload() -> tuple[bytes, str]:
-    """The photo and its file name from a multipart form; 400 when missing or empty."""
+def _form_uploads(how: str = _HOW) -> list[Upload]:
+    """The photos and their file names from a multipart form, in order; 415 or 400 when there is none (`how`
+    says what to send instead), 413 when there are more than max_images_per_request."""
     if request.mimetype != "multipart/form-data":
         if not request.mimetype:
-            raise BadRequest(f"no photo in the request: {_HOW}")
-        raise UnsupportedMediaType(f"cannot read a {request.mimetype} body: {_HOW}")
-    upload = request.files.get(FIELD)
-    if upload is None:
-        raise BadRequest(f"no file in the form field {FIELD!r}: choose a JPEG or PNG photo")
-    data = upload.read()  # in memory: see InMemoryRequest in __init__.py
+            raise BadRequest(f"no photo in the request: {how}")
+        article = "an" if request.mimetype[0] in "aeiou" else "a"
+        raise UnsupportedMediaType(f"cannot read {article} {request.mimetype} body: {how}")
+    uploads = request.files.getlist(FIELD)
+    if not uploads:
+        raise BadRequest(f"no file in the form field {FIELD!r}: choose {imaging.ACCEPTED_PHRASE}")
+    limit = _cfg().max_images_per_request
+    if len(uploads) > limit:
+        raise RequestEntityTooLarge(
+            f"the form has {len(uploads)} photos in the field {FIELD!r}: one request takes at most {limit}"
+        )
+    return [(upload.read(), upload.filename or "") for upload in uploads]  # in memory: see InMemoryRequest
+
+
+def _check_upload(data: bytes, filename: str) -> None:
+    """400 when the uploaded file is empty."""
     if not data:
-        what = f"the file {upload.filename!r}" if upload.filename else "no file was chosen, the upload"
-        raise BadRequest(f"{what} is empty: choose a JPEG or PNG photo")
-    return data, upload.filename or ""
+        what = f"the file {filename!r}" if filename else "no file was chosen, the upload"
+        raise BadRequest(f"{what} is empty: choose {imaging.ACCEPTED_PHRASE}")
 
 
-def _api_upload() -> tuple[bytes, str]:
-    """The photo from a multipart form or from a raw image/* body."""
+def _api_uploads() -> list[Upload]:
+    """The photos from a multipart form, or the photo of a raw image/* body."""
     mimetype = request.mimetype
     if mimetype.startswith("image/") or mimetype in RAW_TYPES:
         data = request.get_data(cache=False)  # MAX_CONTENT_LENGTH applies here too (413)
         if not data:
             raise BadRequest("the request body is empty: send the photo's bytes")
-        return data, ""
-    return _form_upload()
+        return [(data, "")]
+    return _form_uploads(_HOW_API)
 
 
 def _request_id() -> str:
@@ -221,14 +242,25 @@ def admit() -> tuple[float, Ticket]:
     return deadline, ticket
 
 
-def _admitted(read_upload: Callable[[], tuple[bytes, str]]) -> tuple[dict[str, Any], str]:
-    """Refuse the request before any work when it is late or the model tier is full, else classify it."""
+def _admitted(read_uploads: Callable[[], list[Upload]]) -> list[Answer]:
+    """Refuse the request before any work when it is late or the model tier is full, else classify its
+    photos: one as ever (its error is the request's), several each on its own and all at once (multi.py)."""
     deadline, ticket = admit()
+    tickets = [ticket]
     try:
-        data, filename = read_upload()
-        return _classify(data, _top_k(), deadline, ticket), filename
+        uploads = read_uploads()
+        top_k = _top_k()
+        if len(uploads) == 1:
+            data, filename = uploads[0]
+            _check_upload(data, filename)
+            return [Answer(filename, result=_classify(data, top_k, deadline, ticket))]
+        _check_client("before_decode")
+        tickets += more_tickets(_cfg(), min(len(uploads), FAN_OUT_THREADS) - 1)
+        before_send = client_check("before_send")
+        return classify_each(uploads, top_k, deadline, tickets, _check_upload, before_send)
     finally:
-        ticket.close()
+        for taken in tickets:
+            taken.close()
 
 
 def _classify(data: bytes, top_k: int, deadline: float, ticket: Ticket) -> dict[str, Any]:
@@ -244,17 +276,7 @@ def _classify(data: bytes, top_k: int, deadline: float, ticket: Ticket) -> dict[
     reply = sent.reply
     ticket.answered(reply)
     raise_for_reply(reply)
-    timings = sent.timings_ms()
-    return {
-        "request_id": reply.request_id,
-        "predictions": [
-            {"label": p.label, "index": p.index, "probability": p.probability} for p in reply.predictions
-        ],
-        "model": reply.model,
-        "batch_size": reply.batch_size,
-        "image": {"format": info.format, "width": info.width, "height": info.height},
-        "timings_ms": timings,
-    }
+    return api_result(sent, info)
 
 
 @bp.get("/")
@@ -265,9 +287,20 @@ def index() -> str:
 
 @bp.post("/uploader")
 def uploader() -> Response:
-    """Classify a photo posted by the page's form (works without JavaScript) and render the results."""
-    result, filename = _admitted(_form_upload)
-    return Response(render_template("index.html", result=result, filename=filename), mimetype="text/html")
+    """Classify the photos posted by the page's form (works without JavaScript) and render the results:
+    `results`, one {filename, result, error} per photo in upload order; `result`, `filename` and `error`
+    for the first photo classified (or the first error when none was)."""
+    answers = _admitted(_form_uploads)
+    results = [
+        {"filename": a.filename, "result": a.result, "error": page_error(a.error) if a.error else None}
+        for a in answers
+    ]
+    first = next((a for a in answers if a.result is not None), None)
+    single: dict[str, Any] = {"error": results[0]["error"]}
+    if first is not None:
+        single = {"result": first.result, "filename": first.filename}
+    page = render_template("index.html", results=results, **single)
+    return Response(page, mimetype="text/html")
 
 
 @bp.record_once
@@ -292,9 +325,12 @@ def _install_door(state: BlueprintSetupState) -> None:
 
 @bp.post("/api/v1/predict")
 def predict() -> Response:
-    """Classify a photo (multipart field `image`, or a raw image/* body) and answer JSON."""
-    result, _ = _admitted(_api_upload)
-    return jsonify(result)  # X-Request-ID: set on every response (correlation.py)
+    """Classify a photo (multipart field `image`, or a raw image/* body) and answer JSON; several `image`
+    parts: `{"results": [...]}`, each photo's result or `{"error": ...}` in order, 200 (multi.py)."""
+    answers = _admitted(_api_uploads)
+    if len(answers) == 1:
+        return jsonify(answers[0].result)  # X-Request-ID: set on every response (correlation.py)
+    return jsonify(results=[{"error": error_object(a.error)} if a.error else a.result for a in answers])
 
 
 @bp.get("/healthz")

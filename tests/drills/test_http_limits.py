@@ -229,7 +229,7 @@ def test_form_limits_name_themselves(web, drill_record):
         parts_status=str(too_many[0]),
         field_status=str(too_big[0]),
     )
-    assert too_many[0] == 413 and too_many[1].startswith("the form has more than 16 parts"), too_many
+    assert too_many[0] == 413 and too_many[1].startswith("the form has more than 66 parts"), too_many
     assert too_big[0] == 413 and "a form field" in too_big[1] and "488 KB limit" in too_big[1], too_big
 
 

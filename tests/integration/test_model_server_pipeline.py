@@ -7,9 +7,11 @@ draining); tests/integration/test_system.py runs the real model.
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -277,7 +279,7 @@ def test_drain_finishes_in_flight_work_and_refuses_new(ctx, fake_runtime, curve_
     stopper = threading.Thread(target=server.stop, args=(10,))
     stopper.start()
     wait_until(lambda: server.pipeline.draining)
-    assert server.readiness() == (False, "draining")
+    assert server.readiness() == (False, "draining: finishing the requests in flight, taking no new ones")
     refused = Client(ctx, server.port).call(grey_jpeg(80))
     assert refused.status is Status.OVERLOADED and "draining" in refused.error
     fake_runtime.gate.set()
@@ -293,11 +295,34 @@ def test_health_port_reports_liveness_readiness_and_metrics(make_server, ctx):
     health = HealthServer("127.0.0.1", 0, server.liveness, server.readiness, server.metrics.registry).start()
     try:
         base = f"http://127.0.0.1:{health.port}"
-        assert urllib.request.urlopen(base + "/livez").status == 200
-        assert urllib.request.urlopen(base + "/readyz").read() == b"alive\n"
+        live = urllib.request.urlopen(base + "/livez")
+        assert live.status == 200 and live.headers["Content-Type"] == "application/json"
+        assert json.load(live) == {"status": "alive"}
+        assert json.load(urllib.request.urlopen(base + "/readyz")) == {"status": "ready", "model": "fake"}
         text = urllib.request.urlopen(base + "/metrics").read().decode()
         assert 'zerolens_model_requests_total{status="OK"} 1.0' in text
         assert "zerolens_model_batch_size_bucket" in text and "zerolens_model_queue_seconds" in text
+    finally:
+        health.stop()
+
+
+def test_health_port_says_why_it_is_not_ready_or_not_alive():
+    def dead() -> tuple[bool, str]:
+        return False, "proxy or batcher thread stopped"
+
+    def loading() -> tuple[bool, str]:
+        return False, "loading and warming up the model"
+
+    health = HealthServer("127.0.0.1", 0, dead, loading, ServerMetrics().registry).start()
+    try:
+        base = f"http://127.0.0.1:{health.port}"
+        for path, body in (
+            ("/readyz", {"status": "not ready", "reason": "loading and warming up the model"}),
+            ("/livez", {"status": "not alive", "reason": "proxy or batcher thread stopped"}),
+        ):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(base + path)
+            assert refused.value.code == 503 and json.load(refused.value) == body
     finally:
         health.stop()
 

@@ -303,10 +303,9 @@ def local_run(tmp: Path) -> Proc:
         "BIN": str(BIN),
         "MODEL_DIR": str(ensure_model()),
         "WEB_PORT": str(web),
-        "ZEROLENS_PORT": str(zmq_port),
-        "ZEROLENS_HEALTH_PORT": str(health),
+        "MODEL_PORT": str(zmq_port),
+        "HEALTH_PORT": str(health),
         "ZEROLENS_CURVE_KEYS_DIR": str(tmp / "curve"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     return Proc(
         name="make run",

@@ -44,7 +44,8 @@ def halves(width: int = 400, height: int = 300) -> Image.Image:
 def test_sniff_ignores_names_and_uses_bytes():
     assert imaging.sniff(encode(halves(), "JPEG")) == "JPEG"
     assert imaging.sniff(encode(halves(), "PNG")) == "PNG"
-    assert imaging.sniff(b"GIF89a....") is None
+    assert imaging.sniff(b"GIF89a....") == "GIF"
+    assert imaging.sniff(b"%PDF-1.7") is None
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
@@ -94,19 +95,39 @@ def test_16_bit_greyscale_is_scaled_not_clipped():
     ("data", "message", "unsupported"),
     [
         (b"", "empty", False),
-        (b"just some text, named cat.jpg", "not a JPEG or PNG", True),
-        (b"GIF89a" + b"\0" * 20, "a GIF file", True),
+        (b"just some text, named cat.jpg", "not an image of an accepted type", True),
+        (b"8BPS" + b"\0" * 20, "a Photoshop \\(PSD\\) file", True),
         (b"%PDF-1.7 ...", "a PDF file", True),
         (png_header_claiming(20_000, 20_000), "400,000,000 pixels", False),
         (b"\xff\xd8\xff\xe0garbage that is not a jpeg", "cannot read JPEG", False),
     ],
-    ids=["empty", "text", "gif", "pdf", "bomb", "garbage-jpeg"],
+    ids=["empty", "text", "psd", "pdf", "bomb", "garbage-jpeg"],
 )
 def test_bad_uploads_are_refused_by_open_image_and_load(data, message, unsupported):
     for call in (lambda: imaging.open_image(data, LIMIT), lambda: imaging.load_rgb(data, 224, 0.875)):
         with pytest.raises(ImageError, match=message) as info:
             call()
         assert info.value.unsupported is unsupported
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (b"\x89PNG\r\n\x1a\n", "PNG"),  # breaks off right after its signature
+        (encode(halves(), "PNG")[:12], "PNG"),  # ... inside its first chunk's header
+        (encode(halves(), "JPEG")[:4], "JPEG"),
+        (encode(halves(), "GIF")[:8], "GIF"),
+        (encode(halves(), "BMP")[:8], "BMP"),
+    ],
+    ids=["png-signature-only", "png-cut-in-ihdr", "jpeg", "gif", "bmp"],
+)
+def test_a_header_that_breaks_off_is_a_plain_sentence_without_python_internals(data, fmt):
+    # Pillow says "cannot identify image file <_io.BytesIO object at 0x…>": users get a sentence instead
+    for call in (lambda: imaging.open_image(data, LIMIT), lambda: imaging.load_rgb(data, 224, 0.875)):
+        with pytest.raises(ImageError) as info:
+            call()
+        assert str(info.value) == f"cannot read {fmt} image: the file is truncated or damaged"
+        assert info.value.unsupported is False  # the type is accepted: a bad image (400), not a wrong type
 
 
 def test_truncated_jpeg_passes_the_header_checks_but_fails_decode():
@@ -124,8 +145,8 @@ def test_pixel_limit_is_configurable():
 
 
 def test_unsupported_mode_is_refused():
-    data = encode(Image.new("F", (10, 10)), "TIFF")
-    with pytest.raises(ImageError, match="TIFF"):
+    data = encode(Image.new("LAB", (10, 10)), "TIFF")
+    with pytest.raises(ImageError, match="unsupported image mode 'LAB'"):
         imaging.open_image(data, LIMIT)
 
 
@@ -141,7 +162,7 @@ def test_a_side_over_the_limit_is_refused_from_the_header():
 def test_a_png_over_the_decode_budget_is_refused_before_decoding():
     img = imaging.open_image(png_header_claiming(8000, 6000), LIMIT)  # within the area limit
     with pytest.raises(ImageError) as info:
-        imaging.fit(img, 224, 0.875)
+        imaging.fit(img, 224, 0.875, 64 * 2**20)
     message = str(info.value)
     assert "8,000×6,000 PNG would take about 191 MiB, over the 64 MiB limit per image" in message
     assert "up to about 17 megapixels; send a JPEG" in message

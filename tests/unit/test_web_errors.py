@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from flask.testing import FlaskClient
+from markupsafe import escape
 
 from services.protocol import Status
 from services.web.model_client import ModelTimeout, ModelUnavailable
@@ -20,12 +23,38 @@ def error_of(response) -> dict:
     return body["error"]
 
 
+# The page's headline for each status; the code itself is shown small below it ("Error 415").
+TITLES = {
+    400: "This photo could not be read",
+    404: "Page not found",
+    415: "This file is not a photo we can read",
+    503: "The service is busy",
+    504: "The service took too long to answer",
+}
+
+
+def as_shown(message: str) -> str:
+    """A message as the page shows it: a sentence with a capital first letter and a full stop, escaped."""
+    text = message[:1].upper() + message[1:]
+    return str(escape(text if text.endswith((".", "!", "?")) else f"{text}."))
+
+
+def assert_error_page(response, code: int) -> str:
+    """The upload page explaining a failed request: title, code and an alert, and the form to try again."""
+    page = response.get_data(as_text=True)
+    assert response.status_code == code and response.mimetype == "text/html"
+    assert f"<title>{TITLES[code]} · " in page and f">{TITLES[code]}</h1>" in page
+    assert f">Error {code}</p>" in page and 'role="alert"' in page
+    assert 'action="/uploader#results"' in page  # the form is there to try again
+    return page
+
+
 # --- refused in the web tier, before anything is sent ---------------------------------------------------
 
 BAD_INPUTS = [
     ("empty", 400, "BAD_REQUEST", "is empty"),
-    ("text", 415, "UNSUPPORTED_MEDIA_TYPE", "not a JPEG or PNG image"),
-    ("gif", 415, "UNSUPPORTED_MEDIA_TYPE", "a GIF file"),
+    ("text", 415, "UNSUPPORTED_MEDIA_TYPE", "not an image of an accepted type"),
+    ("ico", 415, "UNSUPPORTED_MEDIA_TYPE", "an ICO file"),
     ("bomb_png", 400, "BAD_REQUEST", "400,000,000 pixels"),
 ]
 
@@ -46,16 +75,15 @@ def test_bad_upload_is_explained_on_the_page(
     client, fake_model, bad_uploads, name, code, status, message
 ) -> None:
     response = post_file(client, "/uploader", bad_uploads[name])
-    page = response.get_data(as_text=True)
-    assert response.status_code == code and response.mimetype == "text/html"
-    assert 'role="alert"' in page and message in page
-    assert 'action="/uploader"' in page  # the form is there to try again
+    page = assert_error_page(response, code)
+    api_message = error_of(post_file(client, "/api/v1/predict", bad_uploads[name]))["message"]
+    assert message in api_message and as_shown(api_message) in page  # the API's words, as a sentence
     assert fake_model.calls == []
 
 
 @pytest.mark.parametrize("content_type", ["image/jpeg", "application/octet-stream"])
 def test_bad_raw_body_is_sniffed_not_trusted(client, bad_uploads, content_type: str) -> None:
-    response = client.post("/api/v1/predict", data=bad_uploads["gif"].data, content_type=content_type)
+    response = client.post("/api/v1/predict", data=bad_uploads["ico"].data, content_type=content_type)
     assert response.status_code == 415
 
 
@@ -78,7 +106,8 @@ def test_truncated_jpeg_passes_the_header_check_and_the_server_refuses_it(
             {"image": "x"},
             "application/x-www-form-urlencoded",
             415,
-            "cannot read a application/x-www-form-urlencoded",
+            "cannot read an application/x-www-form-urlencoded body: send the photo as multipart/form-data in "
+            "the field 'image', or as the raw body with its type, e.g. Content-Type: image/jpeg",
         ),
         ("hello", "text/plain", 415, "cannot read a text/plain body"),
         (b"", "image/jpeg", 400, "the request body is empty"),
@@ -97,7 +126,8 @@ def test_no_file_chosen_in_the_browser_is_a_400(client) -> None:
         content_type="multipart/form-data",
         headers={"Accept": "text/html"},
     )
-    assert response.status_code == 400 and "no file was chosen" in response.get_data(as_text=True)
+    page = assert_error_page(response, 400)
+    assert '<p id="error-message" class="error-message">No file was chosen, the upload is empty: ' in page
 
 
 @pytest.mark.parametrize("url", ["/api/v1/predict", "/uploader"])
@@ -144,11 +174,12 @@ def test_client_failures_map_to_http(make_app, fake_model, cat_jpeg, exc, code: 
         page = post_file(client, "/uploader", cat_jpeg)
     assert api.status_code == page.status_code == code
     assert api.headers.get("Retry-After") == page.headers.get("Retry-After") == retry_after
-    assert "try again" in error_of(api)["message"] and "try again" in page.get_data(as_text=True)
+    message = error_of(api)["message"]
+    assert "try again" in message and as_shown(message) in assert_error_page(page, code)
 
 
 def test_json_clients_get_json_errors_everywhere(client, bad_uploads) -> None:
-    response = post_file(client, "/uploader", bad_uploads["gif"], headers={"Accept": "application/json"})
+    response = post_file(client, "/uploader", bad_uploads["ico"], headers={"Accept": "application/json"})
     assert response.status_code == 415 and error_of(response)["status"] == "UNSUPPORTED_MEDIA_TYPE"
     missing = client.get("/no/such/page", headers={"Accept": "application/json"})
     assert missing.status_code == 404 and error_of(missing)["status"] == "NOT_FOUND"
@@ -158,10 +189,32 @@ def test_unknown_api_path_and_wrong_method(client) -> None:
     assert error_of(client.get("/api/v1/nope"))["code"] == 404
     response = client.get("/api/v1/predict")
     assert response.status_code == 405 and "POST" in response.headers["Allow"]
-    assert error_of(response)["status"] == "METHOD_NOT_ALLOWED"
+    error = error_of(response)
+    assert error["status"] == "METHOD_NOT_ALLOWED"
+    assert error["message"] == "GET is not allowed here: POST /api/v1/predict takes a photo"
+
+
+def test_wrong_method_names_the_methods_the_path_takes(client) -> None:
+    probe = client.post("/healthz", headers={"Accept": "application/json"})
+    assert probe.status_code == 405
+    assert error_of(probe)["message"] == "POST is not allowed here: use GET /healthz"
+    infer = client.get("/v2/models/fake_net/infer").get_json()["error"]
+    assert infer == "GET is not allowed here: POST /v2/models/fake_net/infer takes a photo"
 
 
 def test_browser_gets_the_html_page_for_a_404(client) -> None:
     response = client.get("/no/such/page", headers={"Accept": "text/html,*/*;q=0.8"})
-    assert response.status_code == 404 and response.mimetype == "text/html"
-    assert "Not Found (404)" in response.get_data(as_text=True)
+    page = assert_error_page(response, 404)
+    assert '<a href="/">Back to the upload page</a>' in page
+
+
+def test_a_photo_that_breaks_off_after_its_signature_is_explained_in_plain_words(client, fake_model) -> None:
+    png = b"\x89PNG\r\n\x1a\n"  # the signature, then nothing
+    api = client.post("/api/v1/predict", data=png, content_type="image/png")
+    assert api.status_code == 400
+    message = "cannot read PNG image: the file is truncated or damaged"
+    assert error_of(api)["message"] == message
+    page = client.post("/uploader", data={"image": (io.BytesIO(png), "cut.png", "image/png")})
+    assert "Cannot read PNG image: the file is truncated or damaged." in assert_error_page(page, 400)
+    assert "object at" not in page.get_data(as_text=True)  # no Python internals
+    assert fake_model.calls == []

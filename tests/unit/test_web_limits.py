@@ -124,15 +124,26 @@ def test_too_many_parts_names_the_parts_limit(client, fake_model, url: str) -> N
     assert len(body) < 200_000  # small: only the number of parts is over a limit
     response = client.post(url, data=body, content_type=content_type, headers={"Accept": "application/json"})
     message = message_of(response)
-    assert message.startswith("the form has more than 16 parts") and "larger" not in message
+    assert message.startswith("the form has more than 66 parts") and "larger" not in message
+    assert message.endswith("at most 64 photos")  # the parts follow max_images_per_request (64)
     assert fake_model.calls == []
 
 
-def test_too_many_file_parts_names_the_parts_limit(client, cat_jpeg) -> None:
-    parts = [(f"image{i}", b"x") for i in range(17)]
+def test_too_many_file_parts_names_the_parts_limit(make_app, cat_jpeg) -> None:
+    parts = [(f"image{i}", b"x") for i in range(5)]
     body, content_type = multipart(parts)
-    response = client.post("/api/v1/predict", data=body, content_type=content_type)
-    assert message_of(response).startswith("the form has more than 16 parts")
+    with make_app(max_images_per_request=2).test_client() as client:
+        response = client.post("/api/v1/predict", data=body, content_type=content_type)
+    assert message_of(response).startswith("the form has more than 4 parts")
+
+
+def test_more_photos_than_max_images_per_request_is_a_413(make_app, fake_model, cat_jpeg) -> None:
+    body, content_type = multipart([("image", cat_jpeg.data)] * 3)  # within the parts limit (2 + 2)
+    with make_app(max_images_per_request=2).test_client() as client:
+        response = client.post("/api/v1/predict", data=body, content_type=content_type)
+    assert response.status_code == 413
+    assert message_of(response) == "the form has 3 photos in the field 'image': one request takes at most 2"
+    assert fake_model.calls == []
 
 
 def test_a_form_of_16_parts_is_accepted(client, fake_model, cat_jpeg) -> None:
@@ -166,7 +177,7 @@ def test_the_page_names_the_limit_too(client) -> None:
     body, content_type = multipart([(f"f{i}", "x") for i in range(100)])
     response = client.post("/uploader", data=body, content_type=content_type, headers={"Accept": "text/html"})
     assert response.status_code == 413 and response.mimetype == "text/html"
-    assert "the form has more than 16 parts" in response.get_data(as_text=True)
+    assert "form has more than 66 parts" in response.get_data(as_text=True)
 
 
 # --- what is left of a refused body is read and dropped, within bounds ------------------------------------

@@ -124,7 +124,8 @@ def test_gunicorn_config_sets_up_multiprocess_metrics(clean_env, monkeypatch: py
     assert settings["worker_class"] == "services.web.front.BufferingThreadWorker"
     assert settings["wsgi_app"] == "services.web:create_app()"
     assert settings["graceful_timeout"] * 1000 >= WebConfig().request_timeout_ms
-    server = SimpleNamespace(log=SimpleNamespace(info=lambda *args: None))
+    nothing_to_bind = SimpleNamespace(reuse_port=False, address=[])
+    server = SimpleNamespace(log=SimpleNamespace(info=lambda *args: None), cfg=nothing_to_bind)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # restored after the test; the hook replaces it
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     settings["on_starting"](server)

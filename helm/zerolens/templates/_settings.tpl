@@ -5,6 +5,7 @@ client_body_timeout_s: {{ .Values.web.clientBodyTimeoutSeconds | toJson }}
 client_header_timeout_s: {{ .Values.web.clientHeaderTimeoutSeconds | toJson }}
 curve_keys_dir: {{ (ternary (include "zerolens.curve.mountPath" .) "" .Values.curve.enabled) | toJson }}
 decode_in_web: {{ .Values.web.decodeInWeb | toJson }}
+decode_memory_bytes: {{ .Values.limits.decodeMemoryBytes | toJson }}
 forwarded_allow_ips: {{ .Values.web.gunicorn.forwardedAllowIps | toJson }}
 heartbeat_ivl_ms: {{ .Values.web.modelClient.heartbeatIvlMs | toJson }}
 log_format: {{ .Values.logging.format | toJson }}
@@ -33,6 +34,7 @@ allowed_batch_sizes: {{ .Values.model.batching.allowedBatchSizes | toJson }}
 batch_inference_threads: {{ .Values.model.batchInferenceThreads | toJson }}
 crop_fraction: {{ .Values.model.cropFraction | toJson }}
 curve_keys_dir: {{ (ternary (include "zerolens.curve.mountPath" .) "" .Values.curve.enabled) | toJson }}
+decode_memory_bytes: {{ .Values.limits.decodeMemoryBytes | toJson }}
 decode_threads: {{ .Values.model.decodeThreads | toJson }}
 drain_timeout_s: {{ .Values.model.drainTimeoutSeconds | toJson }}
 health_port: {{ .Values.model.ports.metrics | toJson }}
