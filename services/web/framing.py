@@ -14,12 +14,17 @@ import re
 MAX_CHUNKS = 4096
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_EXPECT_CONTINUE = re.compile(rb"^expect[ \t]*:[ \t]*100-continue[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Reading:
     """What the loop knows about the request it is reading on one connection."""
 
-    __slots__ = ("buf", "first_byte_at", "deadline", "head_end", "need", "chunk_pos", "body_bytes", "chunks")
+    __slots__ = (
+        "buf", "first_byte_at", "deadline", "head_end", "need", "chunk_pos", "body_bytes", "chunks",
+        "continued",
+    )  # fmt: skip
 
     def __init__(self, deadline: float) -> None:
         self.buf = bytearray()
@@ -30,9 +35,25 @@ class Reading:
         self.chunk_pos = 0  # where the next chunk header starts (chunked bodies)
         self.body_bytes = 0  # chunk payload seen so far
         self.chunks = 0
+        self.continued = False  # 100 Continue sent
 
 
 COMPLETE, INCOMPLETE, DISPATCH, UNFRAMED = "complete", "incomplete", "dispatch", "unframed"
+
+
+def wants_continue(reading: Reading) -> bool:
+    """Whether to answer 100 Continue now: an HTTP/1.1 head that asks for it is complete, its body is not.
+
+    A client that sends `Expect: 100-continue` (curl does for bodies over 1 MB) holds its body back until
+    then, or for a second: without the answer every large upload would start a second late, and be refused
+    as having waited too long. gunicorn answers it too, but only once the whole body has been read.
+    """
+    if reading.continued or reading.head_end is None:
+        return False
+    head = bytes(reading.buf[: reading.head_end])
+    line = head[: head.find(b"\r\n")]
+    reading.continued = line.endswith(b"HTTP/1.1") and _EXPECT_CONTINUE.search(head) is not None
+    return reading.continued
 
 
 def scan(reading: Reading, max_head: int, max_body: int) -> str:

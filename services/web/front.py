@@ -42,7 +42,7 @@ from gunicorn.http.unreader import SocketUnreader, Unreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from services.config import WebConfig, load
-from services.web.framing import INCOMPLETE, UNFRAMED, Reading, scan
+from services.web.framing import CONTINUE, INCOMPLETE, UNFRAMED, Reading, scan, wants_continue
 
 REQUEST_START = "zerolens.request_start"  # environ: time.time() when the request's first byte arrived
 DRAINING = "zerolens.draining"  # environ: True once the worker is stopping (readiness turns false)
@@ -257,6 +257,9 @@ class BufferingThreadWorker(ThreadWorker):
         if state == INCOMPLETE:
             if reading.head_end is not None:  # the body may pause, but not for long
                 reading.deadline = time.monotonic() + self.body_timeout_s
+                if wants_continue(reading):
+                    with contextlib.suppress(OSError):  # a few bytes: the socket buffer takes them at once
+                        conn.sock.send(CONTINUE)
             return
         self._forget(conn)
         if state == UNFRAMED:

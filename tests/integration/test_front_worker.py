@@ -56,6 +56,29 @@ def test_a_chunked_upload_is_classified(stack, photos):
     assert resp.json()["predictions"][0]["label"] == "espresso"
 
 
+def test_a_client_that_expects_100_continue_is_told_to_go_on_at_once(stack, photos):
+    """curl holds back bodies over 1 MB until 100 Continue (or a second): the loop answers it on the head."""
+    _, web = stack
+    data = photos["coffee.jpg"].data
+    head = (
+        b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(data)
+    )
+    with socket.create_connection(("127.0.0.1", web.ports["http"]), timeout=30) as sock:
+        sock.sendall(head)
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"  # blocks until it comes: no body sent yet
+        sock.sendall(data)
+        buf = b""
+        while b"espresso" not in buf and b"\r\n0\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    final = buf[buf.find(b"HTTP/1.1 2") :]  # after gunicorn's own, late 100 Continue
+    assert final.startswith(b"HTTP/1.1 200"), buf[:300]
+    assert b"espresso" in buf
+
+
 def test_pipelined_and_byte_by_byte_requests_on_one_connection(stack, photos):
     _, web = stack
     data = photos["coffee.jpg"].data

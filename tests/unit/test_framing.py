@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from services.web.framing import COMPLETE, DISPATCH, INCOMPLETE, MAX_CHUNKS, UNFRAMED, Reading, scan
+from services.web.framing import (
+    COMPLETE,
+    DISPATCH,
+    INCOMPLETE,
+    MAX_CHUNKS,
+    UNFRAMED,
+    Reading,
+    scan,
+    wants_continue,
+)
 
 MAX_HEAD, MAX_BODY = 8192, 10_000
 HEAD = b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
@@ -68,3 +77,21 @@ def test_the_payload_of_all_chunks_is_counted_against_the_limit():
 @pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip", b"c\thunked", b""])
 def test_a_body_not_chunked_last_cannot_be_framed(coding):
     assert feed(HEAD + b"Transfer-Encoding: " + coding + b"\r\n\r\n") == [UNFRAMED]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", True),
+        (b"POST / HTTP/1.1\r\nEXPECT:100-Continue\r\nContent-Length: 5\r\n\r\n", True),
+        (b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", False),  # 1.0: no 1xx
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", False),
+        (b"POST / HTTP/1.1\r\nX-Expect: 100-continue\r\nContent-Length: 5\r\n\r\n", False),
+    ],
+)
+def test_100_continue_is_answered_once_for_an_http_1_1_head_that_asks(head, expected):
+    reading = Reading(deadline=0.0)
+    reading.buf += head + b"ab"
+    assert scan(reading, 65536, 1 << 20) == INCOMPLETE
+    assert wants_continue(reading) is expected
+    assert wants_continue(reading) is False  # never twice
