@@ -103,19 +103,8 @@ def send_photo(client: ModelClient, photo: Photo, cfg: WebConfig, before_send: C
     return _send(client, photo, before_send, photo.data, None)  # the model server decodes the upload
 
 
-def send_photos(
-    photos: list[Photo],
-    cfg: WebConfig,
-    tickets: list[Ticket],
-    client_for: Callable[[], ModelClient],
-    before_send: Callable[[], None],
-    pool: Executor,
-) -> list[Sent]:
-    """Send several photos at once (send_each), answering in the photos' order.
-
-    :raise: the first photo's error (imaging.ImageError, ModelUnavailable, ModelTimeout, ClientGone).
-    """
-    outcomes = send_each(photos, cfg, tickets, client_for, before_send, pool)
+def all_sent(outcomes: list[Sent | BaseException]) -> list[Sent]:
+    """send_each's outcomes when every photo was answered; else raise the first photo's error."""
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome

@@ -21,7 +21,7 @@ from services.config import WebConfig
 from services.imaging import ImageError
 from services.protocol import MAX_CLASSES
 from services.web import correlation, oip_codec
-from services.web.classify import Photo, more_tickets, photo_request_id, send_photos
+from services.web.classify import Photo, all_sent, more_tickets, photo_request_id, send_each
 from services.web.clients import FAN_OUT_THREADS, client_maker, fan_out_pool, get_client
 from services.web.errors import error_for_reply
 from services.web.oip_codec import InferError
@@ -133,7 +133,8 @@ def infer(name: str, version: str | None = None) -> Response:
         asked = _parse(cfg)
         tickets += more_tickets(cfg, min(len(asked.images), FAN_OUT_THREADS) - 1)
         photos = [_photo(i, image, asked, deadline) for i, image in enumerate(asked.images)]
-        sent = send_photos(photos, cfg, tickets, client_maker(), client_check("before_send"), fan_out_pool())
+        checked = client_check("before_send")
+        sent = all_sent(send_each(photos, cfg, tickets, client_maker(), checked, fan_out_pool()))
     finally:
         for ticket in tickets:
             ticket.close()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from services.web import apidocs
+from tests.support.openapi import check_every_operation
 
 # Routes with a method but no operation: Flask's static files.
 UNDOCUMENTED = {"/static/{filename}"}
@@ -48,14 +47,4 @@ def test_docs_page_lists_every_operation_without_outside_assets(client):
 
 def test_app_answers_as_documented(make_app):
     """Generated requests for every operation (in process, fake model tier) get documented answers."""
-    api = schemathesis.openapi.from_wsgi("/openapi.json", make_app())
-    for result in api.get_all_operations():
-        operation = result.ok()
-
-        @given(case=operation.as_strategy())
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-        def answers_as_documented(case: schemathesis.Case) -> None:
-            # A schema cannot say "a decodable photo": schema-valid bytes are rightly refused (400/415).
-            case.call_and_validate(excluded_checks=[positive_data_acceptance])
-
-        answers_as_documented()
+    check_every_operation(schemathesis.openapi.from_wsgi("/openapi.json", make_app()), examples=15)
