@@ -3,67 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from collections.abc import Mapping
 from typing import IO, Any
 
 from flask import Flask, Request, Response, request
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
-from werkzeug.formparser import FormDataParser, MultiPartParser
+from werkzeug.formparser import FormDataParser
 
 from services.config import ConfigError, WebConfig, load
-from services.web import discovery
+from services.web import discovery, multipart
 
 # After an error, what is left of the request body is read and dropped, up to these bounds, before the
 # connection is closed or reused (discard_body).
 DISCARD_MAX_BYTES = 64 << 20
 DISCARD_MAX_S = 5.0
 FORM_FIELDS = 2  # parts a form may have besides its photos: top_k, and one more a client adds
-
-
-class TooManyParts(RequestEntityTooLarge):
-    """A multipart form with more parts than MAX_FORM_PARTS."""
-
-
-class FormFieldTooLarge(RequestEntityTooLarge):
-    """A multipart text field, or a part's headers, over MAX_FORM_MEMORY_SIZE."""
-
-
-class _MultiPartParser(MultiPartParser):
-    """Werkzeug's multipart parser, counting the parts itself so that each limit has its own 413.
-
-    Werkzeug raises the same bare RequestEntityTooLarge for too many parts and for a field over
-    max_form_memory_size, so a user would only read "too large" for a small form with many parts.
-    """
-
-    def __init__(self, *args: Any, max_form_parts: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, max_form_parts=None, **kwargs)  # counted by _count_part instead
-        self.max_parts = max_form_parts
-        self.parts = 0
-
-    def parse(self, stream: IO[bytes], boundary: bytes, content_length: int | None) -> tuple[Any, Any]:
-        self.parts = 0
-        try:
-            return super().parse(stream, boundary, content_length)
-        except TooManyParts:
-            raise
-        except RequestEntityTooLarge:  # the only limit werkzeug still checks: max_form_memory_size
-            raise FormFieldTooLarge() from None
-
-    def _count_part(self) -> None:
-        self.parts += 1
-        if self.max_parts is not None and self.parts > self.max_parts:
-            raise TooManyParts()
-
-    def start_file_streaming(self, event: Any, total_content_length: int | None) -> IO[bytes]:
-        self._count_part()  # a file part, as it starts
-        return super().start_file_streaming(event, total_content_length)
-
-    def get_part_charset(self, headers: Headers) -> str:
-        self._count_part()  # a text field, once its value (at most max_form_memory_size) is complete
-        return super().get_part_charset(headers)
 
 
 class _FormDataParser(FormDataParser):
@@ -73,22 +28,18 @@ class _FormDataParser(FormDataParser):
         boundary = options.get("boundary", "").encode("ascii")
         if not boundary:
             raise ValueError("Missing boundary")  # as werkzeug: an empty form
-        parser = _MultiPartParser(
-            stream_factory=self.stream_factory,
-            max_form_memory_size=self.max_form_memory_size,
-            max_form_parts=self.max_form_parts,
-            cls=self.cls,
-        )
-        form, files = parser.parse(stream, boundary, content_length)
+        body = stream.read()  # the body in memory (InMemoryRequest): the same bytes object, not a copy
+        form, files = multipart.parse(body, boundary, self.max_form_parts, self.max_form_memory_size)
         return stream, form, files
 
 
 class InMemoryRequest(Request):
     """A request whose body is read into memory, whole and within MAX_CONTENT_LENGTH, before it is used.
 
-    Werkzeug spools file parts over 500 KB to a temporary file; zerolens never writes uploads to disk
-    (a read-only root filesystem, nothing to clean up, no photo left behind). Memory stays bounded because
-    MAX_CONTENT_LENGTH caps the whole body, with or without a Content-Length, before it is parsed.
+    Its multipart parts are slices of that body (services/web/multipart.py), never spooled to disk as
+    werkzeug does above 500 KB (a read-only root filesystem, nothing to clean up, no photo left behind).
+    Memory stays bounded because MAX_CONTENT_LENGTH caps the whole body, with or without a
+    Content-Length, before it is parsed.
     """
 
     form_data_parser_class = _FormDataParser
@@ -136,15 +87,6 @@ class InMemoryRequest(Request):
             raise RequestEntityTooLarge()
         self._cached_data = data
 
-    def _get_file_stream(
-        self,
-        total_content_length: int | None,
-        content_type: str | None,
-        filename: str | None = None,
-        content_length: int | None = None,
-    ) -> IO[bytes]:
-        return io.BytesIO()
-
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Create and configure the web app.
@@ -168,8 +110,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # the whole body: a bigger upload is refused with 413 before it is parsed
         MAX_CONTENT_LENGTH=cfg.max_upload_bytes,
         # the form has up to max_images_per_request photos and a field or two: refuse a flood of parts.
-        # MAX_FORM_MEMORY_SIZE stays at Flask's 500 kB: Werkzeug checks it against its parse buffer for file
-        # parts too; less breaks uploads.
+        # MAX_FORM_MEMORY_SIZE (Flask's 500 kB) bounds each text field and each part's headers.
         MAX_FORM_PARTS=cfg.max_images_per_request + FORM_FIELDS,
     )
     app.config.update(flask_settings)

@@ -31,8 +31,8 @@ from werkzeug.exceptions import (
 from services.decode_budget import DecodeBusy
 from services.imaging import ImageError
 from services.protocol import Reply, Status
-from services.web import FormFieldTooLarge, TooManyParts
 from services.web.model_client import ModelTimeout, ModelUnavailable
+from services.web.multipart import FormFieldTooLarge, TooManyParts
 
 log = logging.getLogger(__name__)
 
