@@ -8,10 +8,12 @@ library; its own CPU time is reported because on a 2-core box the client compete
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import io
 import json
 import statistics
+import struct
 import threading
 import time
 import uuid
@@ -19,6 +21,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+# A request body: (bytes, content type) or (bytes, content type, extra headers)
+Body = tuple[bytes, str] | tuple[bytes, str, dict[str, str]]
+OIP_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 @dataclass
@@ -69,8 +75,44 @@ def multipart(image: bytes, filename: str = "photo.jpg") -> tuple[bytes, str]:
     return body.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
+def oip_binary(image: bytes, input_name: str = "image", output_name: str = "probabilities") -> Body:
+    """An Open Inference Protocol infer body with the binary tensor extension: one BYTES element, the photo.
+
+    The JSON header comes first (its length in Inference-Header-Content-Length), then the tensor: each BYTES
+    element is a 4-byte little-endian length and its bytes. The output is asked for in binary too.
+    """
+    tensor = struct.pack("<I", len(image)) + image
+    header = {
+        "inputs": [
+            {
+                "name": input_name,
+                "shape": [1, 1],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(tensor)},
+            }
+        ],
+        "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return head + tensor, "application/octet-stream", {OIP_HEADER_LENGTH: str(len(head))}
+
+
+def raw(image: bytes) -> Body:
+    """The photo itself as the body."""
+    return image, "image/jpeg"
+
+
+def json_base64(image: bytes, field: str = "image") -> Body:
+    """A JSON object with the photo base64-encoded in `field`."""
+    return json.dumps({field: base64.b64encode(image).decode()}).encode(), "application/json"
+
+
+def headers(body: Body) -> dict[str, str]:
+    return {"Content-Type": body[1], **(body[2] if len(body) > 2 else {})}
+
+
 def run_level(
-    url: str, bodies: list[tuple[bytes, str]], concurrency: int, duration_s: float, gap_s: float = 0.0
+    url: str, bodies: list[Body], concurrency: int, duration_s: float, gap_s: float = 0.0
 ) -> LevelResult:
     """Run `concurrency` closed-loop clients for duration_s against url, each pausing gap_s between requests.
 
@@ -90,11 +132,11 @@ def run_level(
         n = index
         start_barrier.wait()
         while time.monotonic() < stop_at[0]:
-            body, content_type = bodies[n % len(bodies)]
+            body = bodies[n % len(bodies)]
             n += 1
             t0 = time.perf_counter()
             try:
-                conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+                conn.request("POST", path, body=body[0], headers=headers(body))
                 resp = conn.getresponse()
                 resp.read()
                 status = resp.status
@@ -132,13 +174,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the first level, discarded")
     parser.add_argument("--raw", action="store_true", help="send each photo as the body (image/jpeg)")
+    parser.add_argument(
+        "--oip", action="store_true", help="Open Inference Protocol binary body (a Triton /infer URL)"
+    )
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause after each answer (sporadic load)")
     parser.add_argument("images", nargs="+", help="JPEG files to upload, round-robin")
     args = parser.parse_args()
-    bodies = [
-        (data, "image/jpeg") if args.raw else multipart(data)
-        for data in (Path(path).read_bytes() for path in args.images)
-    ]
+    encode = oip_binary if args.oip else raw if args.raw else multipart
+    bodies = [encode(Path(path).read_bytes()) for path in args.images]
     levels = [int(c) for c in args.concurrency.split(",")]
     if args.warmup > 0:
         run_level(args.url, bodies, levels[0], args.warmup)

@@ -66,24 +66,14 @@ def markdown(results: dict) -> str:
         f"on {ref['cores']} cores ({ref['limit_rps'] / ref['ceiling_rps']:.2f}× the ceiling)",
         *_drift(results.get("reference_runs", [])),
         "",
-        "| system | c | images/s | × ceiling | × limit | p50 ms | p95 ms | p99 ms | errors | mean batch "
-        "| mean queue ms | server core-ms/image | cores busy | loadgen CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| system | c | images/s | × ceiling | × limit | × best peer | p50 ms | p95 ms | p99 ms | errors "
+        "| mean batch | mean queue ms | server core-ms/image | cores busy | loadgen CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
+    best = best_peer(results)
     for run in results["runs"]:
-        for lv in run["levels"]:
-            m = lv.get("model_metrics", {})
-            queue = _mean(m, "zerolens_model_queue_seconds")
-            rps = lv["throughput_rps"]
-            lines.append(
-                f"| {run['system']} | {lv['concurrency']} | {lv['throughput_rps']:.1f} "
-                f"| {rps / ref['ceiling_rps']:.2f} | {rps / ref['limit_rps']:.2f} "
-                f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
-                f"| {_errors(lv)} "
-                f"| {_fmt(_mean(m, 'zerolens_model_batch_size'), 2)} "
-                f"| {_fmt(queue * 1000 if queue is not None else None)} | {_core_ms(lv)} "
-                f"| {_fmt(lv.get('busy_pct'), 0)} % | {lv['client_cpu_s']:.1f} |"
-            )
+        lines += [_row(run["system"], lv, ref, best.get(lv["concurrency"])) for lv in run["levels"]]
+    lines += _against_peers(results, best)
     sporadic = [run for run in results["runs"] if "sporadic" in run]
     if sporadic:
         gap = sporadic[0]["sporadic"]["gap_ms"]
@@ -105,6 +95,7 @@ def markdown(results: dict) -> str:
         "",
         "Server core-ms/image: the CPU time of the system's processes (all threads, gunicorn's workers",
         "included) per answered image: their sum, then each process in start order (model server first).",
+        "A peer's is its whole process tree. × best peer: images/s over the best peer's at the same c.",
         "",
         "Resident memory (MB) at the end of each run:",
         "",
@@ -115,6 +106,48 @@ def markdown(results: dict) -> str:
             lines.append(f"- {run['system']} / {proc}: {shown} (process first, then its workers)")
     lines += ["", "Summary:", "", "```", summary_lines(results), "```", ""]
     return "\n".join(lines)
+
+
+def _row(system: str, lv: dict, ref: dict, best: tuple[str, float] | None) -> str:
+    m = lv.get("model_metrics", {})
+    queue = _mean(m, "zerolens_model_queue_seconds")
+    rps = lv["throughput_rps"]
+    return (
+        f"| {system} | {lv['concurrency']} | {rps:.1f} "
+        f"| {rps / ref['ceiling_rps']:.2f} | {rps / ref['limit_rps']:.2f} "
+        f"| {_fmt(rps / best[1] if best and best[1] else None, 2)} "
+        f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
+        f"| {_errors(lv)} "
+        f"| {_fmt(_mean(m, 'zerolens_model_batch_size'), 2)} "
+        f"| {_fmt(queue * 1000 if queue is not None else None)} | {_core_ms(lv)} "
+        f"| {_fmt(lv.get('busy_pct'), 0)} % | {lv['client_cpu_s']:.1f} |"
+    )
+
+
+def best_peer(results: dict) -> dict[int, tuple[str, float]]:
+    """Per concurrency level, the peer serving system with the most images/s: (its name, images/s)."""
+    out: dict[int, tuple[str, float]] = {}
+    for run in results["runs"]:
+        if run["system"] not in results.get("peers", []):
+            continue
+        for lv in run["levels"]:
+            c, rps = lv["concurrency"], lv["throughput_rps"]
+            if c not in out or rps > out[c][1]:
+                out[c] = (run["system"], rps)
+    return out
+
+
+def _against_peers(results: dict, best: dict[int, tuple[str, float]], c: int = 16) -> list[str]:
+    """Each system's throughput at c=16 as a multiple of the best peer's there."""
+    if c not in best or not best[c][1]:
+        return []
+    name, rps = best[c]
+    lines = ["", f"At c={c}, against the best peer ({name}, {rps:.1f} images/s):", ""]
+    for run in results["runs"]:
+        level = next((lv for lv in run["levels"] if lv["concurrency"] == c), None)
+        if level is not None:
+            lines.append(f"- {run['system']}: {level['throughput_rps'] / rps:.2f}×")
+    return lines
 
 
 def _drift(runs: list[dict]) -> list[str]:
@@ -174,7 +207,9 @@ def plots(results: dict, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in results["runs"]:
         cs = [lv["concurrency"] for lv in run["levels"]]
-        ax.plot(cs, [lv["throughput_rps"] for lv in run["levels"]], marker="o", label=run["system"])
+        peer = run["system"] in results.get("peers", [])  # peers dashed
+        ys = [lv["throughput_rps"] for lv in run["levels"]]
+        ax.plot(cs, ys, marker="o", linestyle="--" if peer else "-", label=run["system"])
     ax.axhline(ref["ceiling_rps"], linestyle="--", color="grey", label="ceiling (in-process)")
     ax.axhline(ref["limit_rps"], linestyle=":", color="black", label="core-cost limit")
     ax.set(xscale="log", xlabel="concurrent clients", ylabel="images/s", title="Throughput")

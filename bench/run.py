@@ -2,10 +2,11 @@
 
 Systems: zerolens (tflite and keras runtimes, CurveZMQ between the tiers; zerolens-plaintext: tflite without
 CurveZMQ, which prices the encryption; zerolens-gthread: tflite under gunicorn's plain gthread worker, which
-prices the web tier's slow-client-safe worker), in-process (the model inside the Flask worker) and seed (the
-naive design zerolens started from). Each is started on free loopback ports, warmed up, then driven by the
-closed-loop load generator at each concurrency level for a fixed duration. Results go to
-bench/results/<time>/: results.json, results.md and PNG plots.
+prices the web tier's slow-client-safe worker), in-process (the model inside the Flask worker), seed (the
+naive design zerolens started from) and the peers: Triton, Mosec and LitServe serving the same TFLite model
+with the same preprocessing, each from its own venv (bench/peers; --no-peers skips them). Each is started
+on free loopback ports, warmed up, then driven by the closed-loop load generator at each concurrency level
+for a fixed duration. Results go to bench/results/<time>/: results.json, results.md and PNG plots.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench import ceiling, loadgen, report
-from bench.photos import photo_set
+from bench.peers import PEERS, launcher
+from bench.photos import Photo, photo_set
 from tests.support.servers import (
     BIN,
     ROOT,
@@ -43,7 +45,7 @@ ZEROLENS = {
     "zerolens-gthread": ("tflite", "curve", ["--worker-class", "gthread"]),  # the command line beats the file
     "zerolens-keras": ("keras", "curve", []),
 }
-SYSTEMS = (*ZEROLENS, "in-process", "seed")
+SYSTEMS = (*ZEROLENS, "in-process", "seed", *PEERS)
 
 
 def _gunicorn(tmp: Path, name: str, app: str, env: dict[str, str], workers: int = 2) -> Proc:
@@ -62,6 +64,9 @@ def start_system(
     name: str, tmp: Path, settings: dict[str, str], web_settings: dict[str, str]
 ) -> tuple[list[Proc], str, str | None]:
     """Start one system; returns its processes (model first), the predict URL and a metrics URL."""
+    if name in PEERS:
+        peer, url, _ = launcher.start(name, tmp)
+        return [peer], url, None
     if name in ZEROLENS:
         runtime, security, gunicorn_args = ZEROLENS[name]
         model = model_server(tmp, runtime=runtime, zmq_security=security, **settings).start(timeout_s=180)
@@ -110,7 +115,7 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
 def bench_system(
     name: str,
     tmp: Path,
-    bodies: list[tuple[bytes, str]],
+    bodies: list[loadgen.Body],
     levels: list[int],
     duration_s: float,
     settings: dict[str, str],
@@ -154,6 +159,40 @@ def bench_system(
             proc.stop()
 
 
+def bodies_for(name: str, photos: list[Photo]) -> list[loadgen.Body]:
+    """The same photos, framed as the system takes uploads (a peer: as its docs show)."""
+    if name in PEERS:
+        return [launcher.SPECS[name].encode(p.data) for p in photos]
+    return [loadgen.multipart(p.data, f"{p.name}.jpg") for p in photos]
+
+
+def _results(
+    args: argparse.Namespace,
+    photos: list[Photo],
+    references: tuple[ceiling.Reference, ceiling.Reference],
+    reference: ceiling.Reference,
+    runs: list[dict],
+    settings: dict[str, str],
+    web_settings: dict[str, str],
+) -> dict:
+    """What results.json holds."""
+    return {
+        "machine": report.machine(),
+        "photos": [
+            {"name": p.name, "megapixels": round(p.megapixels, 2), "bytes": len(p.data)} for p in photos
+        ],
+        "reference": asdict(reference) | {"limit_rps": reference.limit_rps},
+        # measured before and after the systems; the ratios use their mean
+        "reference_runs": [asdict(r) | {"limit_rps": r.limit_rps} for r in references],
+        "duration_s": args.duration,
+        "gap_ms": args.gap_ms,
+        "settings": settings,
+        "web_settings": web_settings,
+        "runs": runs,
+        "peers": [run["system"] for run in runs if run["system"] in PEERS],
+    }
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
@@ -165,10 +204,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--gap-ms", type=float, default=50.0, help="sporadic level: c=1 with this pause (0: skip it)"
     )
+    parser.add_argument("--no-peers", action="store_true", help="skip " + ", ".join(PEERS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
 
-    systems = [s for s in args.systems.split(",") if s]
+    systems = [s for s in args.systems.split(",") if s and not (args.no_peers and s in PEERS)]
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}")
     levels = [int(c) for c in args.concurrency.split(",")]
     sizes = tuple(float(mp) or None for mp in args.megapixels.split(","))
     settings = dict(item.split("=", 1) for item in args.set)
@@ -176,9 +219,12 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     photos = photo_set(sizes)
-    bodies = [loadgen.multipart(p.data, f"{p.name}.jpg") for p in photos]
 
     steps = tqdm(total=2 + len(systems) * (len(levels) + (args.gap_ms > 0)), desc="bench", unit="step")
+
+    def progress(label: str) -> None:
+        steps.set_postfix_str(label)
+        steps.update()
 
     def measure_reference(when: str) -> ceiling.Reference:
         steps.set_postfix_str(f"reference {when} (in-process ceiling and core costs)")
@@ -187,36 +233,24 @@ def main(argv: list[str] | None = None) -> Path:
         return measured
 
     first = measure_reference("before")
-    runs = []
-    for name in systems:
-
-        def progress(label: str) -> None:
-            steps.set_postfix_str(label)
-            steps.update()
-
-        runs.append(
-            bench_system(
-                name, out, bodies, levels, args.duration, settings, web_settings, progress, args.gap_ms
-            )
+    runs = [
+        bench_system(
+            name,
+            out,
+            bodies_for(name, photos),
+            levels,
+            args.duration,
+            settings,
+            web_settings,
+            progress,
+            args.gap_ms,
         )
+        for name in systems
+    ]
     last = measure_reference("after")
     steps.close()
     reference = ceiling.mean(first, last)
-
-    results = {
-        "machine": report.machine(),
-        "photos": [
-            {"name": p.name, "megapixels": round(p.megapixels, 2), "bytes": len(p.data)} for p in photos
-        ],
-        "reference": asdict(reference) | {"limit_rps": reference.limit_rps},
-        # measured before and after the systems; the ratios use their mean
-        "reference_runs": [asdict(r) | {"limit_rps": r.limit_rps} for r in (first, last)],
-        "duration_s": args.duration,
-        "gap_ms": args.gap_ms,
-        "settings": settings,
-        "web_settings": web_settings,
-        "runs": runs,
-    }
+    results = _results(args, photos, (first, last), reference, runs, settings, web_settings)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(report.markdown(results))
     report.plots(results, out)
