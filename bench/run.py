@@ -1,12 +1,13 @@
 """`make bench`: every system side by side on the same photos, with ratios to the in-process references.
 
-Systems: zerolens (tflite and keras runtimes, CurveZMQ between the tiers; zerolens-plaintext: tflite without
-CurveZMQ, which prices the encryption; zerolens-gthread: tflite under gunicorn's plain gthread worker, which
-prices the web tier's slow-client-safe worker), in-process (the model inside the Flask worker), seed (the
-naive design zerolens started from) and the peers: Triton, Mosec and LitServe serving the same TFLite model
-with the same preprocessing, each from its own venv (bench/peers; --no-peers skips them). Each is started
-on free loopback ports, warmed up, then driven by the closed-loop load generator at each concurrency level
-for a fixed duration. Results go to bench/results/<time>/: results.json, results.md and PNG plots.
+Systems: zerolens (tflite and keras runtimes, CurveZMQ between the tiers; zerolens-int8: tflite with the
+int8 model; zerolens-plaintext: tflite without CurveZMQ, which prices the encryption; zerolens-gthread:
+tflite under gunicorn's plain gthread worker, which prices the web tier's slow-client-safe worker),
+in-process (the model inside the Flask worker), seed (the naive design zerolens started from) and the
+peers: Triton, Mosec and LitServe serving the same TFLite model with the same preprocessing, each from its
+own venv (bench/peers; --no-peers skips them). Each is started on free loopback ports, warmed up, then
+driven by the closed-loop load generator at each concurrency level for a fixed duration. Results go to
+bench/results/<time>/: results.json, results.md and PNG plots.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ ZEROLENS = {
     "zerolens-plaintext": ("tflite", "plaintext", []),
     "zerolens-gthread": ("tflite", "curve", ["--worker-class", "gthread"]),  # the command line beats the file
     "zerolens-keras": ("keras", "curve", []),
+    "zerolens-int8": ("tflite", "curve", []),
 }
+VARIANT_SETTINGS = {"zerolens-int8": {"model_precision": "int8"}}  # model server settings of a variant
 SYSTEMS = (*ZEROLENS, "in-process", "seed", *PEERS)
 
 
@@ -69,7 +72,9 @@ def start_system(
         return [peer], url, None
     if name in ZEROLENS:
         runtime, security, gunicorn_args = ZEROLENS[name]
-        model = model_server(tmp, runtime=runtime, zmq_security=security, **settings).start(timeout_s=180)
+        model_settings = VARIANT_SETTINGS.get(name, {}) | settings
+        model = model_server(tmp, runtime=runtime, zmq_security=security, **model_settings)
+        model.start(timeout_s=180)
         # if the web tier fails to start, the atexit net in tests.support.servers stops the model server
         web = web_server(tmp, model.ports["zmq"], zmq_security=security, **web_settings)
         web.argv += gunicorn_args

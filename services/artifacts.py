@@ -15,6 +15,8 @@ from typing import Any
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 REBUILD = "rebuild with `make model`"
+# The TFLite file for each model_precision: float32, or int8 weights and activations (uint8 pixels in).
+TFLITE_FILES = {"float": "model.tflite", "int8": "model_int8.tflite"}
 
 # Inputs each keras.applications family expects (see its preprocess_input); "raw" = normalises itself.
 APPLICATION_PREPROCESSING = {

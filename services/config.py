@@ -165,11 +165,19 @@ class ModelConfig(ImageLimits, ZmqLink, Telemetry):
     health_port: int = setting(8081, "HTTP port of /livez, /readyz and /metrics", minimum=0, maximum=65535)
     # Artifacts come from `make model` (python -m services.exporter).
     model_name: str = setting("efficientnet_lite0", "model name reported in replies and metrics")
+    # keras runs on the backend KERAS_BACKEND names: tensorflow (the default), jax or torch (no TensorFlow).
     model_runtime: str = setting(
-        "tflite", "tflite (fast on CPU) or keras (TensorFlow; uses a GPU)", choices=("tflite", "keras")
+        "tflite",
+        "tflite (fast on CPU) or keras (TensorFlow, JAX or PyTorch; uses a GPU)",
+        choices=("tflite", "keras"),
+    )
+    # int8 halves the CPU per image at a small accuracy cost (docs/performance.md); tflite runtime only.
+    model_precision: str = setting(
+        "float", "tflite model: float (model.tflite) or int8 (model_int8.tflite)", choices=("float", "int8")
     )
     model_dir: str = setting(
-        "build/models/efficientnet_lite0", "directory of model.keras, model.tflite, labels.json"
+        "build/models/efficientnet_lite0",
+        "directory of model.keras, model.tflite, model_int8.tflite, labels.json",
     )
     # Instead of model_dir (needs the internet once).
     keras_application: str = setting(

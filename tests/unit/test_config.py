@@ -40,6 +40,7 @@ def test_unknown_key_in_file_is_named(tmp_path):
     [
         ({"ZEROLENS_MAX_BATCH_SIZE": "many"}, r"max_batch_size = 'many' from \$ZEROLENS_MAX_BATCH_SIZE"),
         ({"ZEROLENS_MODEL_RUNTIME": "onnx"}, "model_runtime = 'onnx': must be one of tflite, keras"),
+        ({"ZEROLENS_MODEL_PRECISION": "int4"}, "model_precision = 'int4': must be one of float, int8"),
         ({"ZEROLENS_MAX_QUEUE_SIZE": "0"}, "max_queue_size = 0: must be greater than 0"),
         ({"ZEROLENS_CROP_FRACTION": "1.5"}, "crop_fraction"),
         ({"ZEROLENS_MAX_BATCH_DELAY_MS": "-1"}, "max_batch_delay_ms"),
@@ -84,3 +85,29 @@ def test_an_images_defaults_sit_below_the_settings_file_and_the_environment(tmp_
     image.write_text("modle_dir: /x\n")
     with pytest.raises(ConfigError, match=f"unknown setting 'modle_dir' in {image}"):
         config.load(config.ModelConfig, environ={"ZEROLENS_IMAGE_CONFIG": str(image)})
+
+
+def test_model_precision_is_float_unless_int8_is_chosen(tmp_path):
+    assert config.load(ModelConfig, environ={}).model_precision == "float"
+    assert config.load(ModelConfig, environ={"ZEROLENS_MODEL_PRECISION": "int8"}).model_precision == "int8"
+    path = tmp_path / "model.yaml"
+    path.write_text("model_precision: int8\n")
+    assert config.load(ModelConfig, environ={"ZEROLENS_CONFIG": str(path)}).model_precision == "int8"
+
+
+def test_int8_needs_the_tflite_runtime(tmp_path):
+    from services.model.runtime import ModelError, load_runtime
+
+    cfg = config.load(
+        ModelConfig,
+        {"model_dir": str(tmp_path), "model_runtime": "keras", "model_precision": "int8"},
+        environ={},
+    )
+    with pytest.raises(ModelError, match="model_precision=int8 needs model_runtime=tflite"):
+        load_runtime(cfg)  # refused before anything is read or loaded
+
+
+def test_gpu_batch_sizes_up_to_256_are_accepted():
+    sizes = "1,2,4,8,16,32,64,128,256"
+    cfg = config.load(ModelConfig, {"max_batch_size": 256, "allowed_batch_sizes": sizes}, environ={})
+    assert cfg.batch_sizes() == [1, 2, 4, 8, 16, 32, 64, 128, 256]

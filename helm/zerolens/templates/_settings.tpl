@@ -58,6 +58,7 @@ model_dir: {{ . | toJson }}
 {{- end }}
 model_log_level: {{ .Values.model.logLevel | toJson }}
 model_name: {{ .Values.model.modelName | toJson }}
+model_precision: {{ .Values.model.precision | toJson }}
 model_runtime: {{ .Values.model.runtime | toJson }}
 otlp_endpoint: {{ .Values.tracing.otlpEndpoint | toJson }}
 pin_inference_threads: {{ .Values.model.pinInferenceThreads | toJson }}
