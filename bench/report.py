@@ -73,6 +73,7 @@ def markdown(results: dict) -> str:
     best = best_peer(results)
     for run in results["runs"]:
         lines += [_row(run["system"], lv, ref, best.get(lv["concurrency"])) for lv in run["levels"]]
+    lines += [f"\n**{name} did not start**: {error}" for name, error in results.get("failed", {}).items()]
     lines += _against_peers(results, best)
     lines += _targets(results, best)
     sporadic = [run for run in results["runs"] if "sporadic" in run]

@@ -198,7 +198,8 @@ def _results(
     }
 
 
-def main(argv: list[str] | None = None) -> Path:
+def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The command line, and the systems it names (unknown names are an error)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--concurrency", default="1,4,16,64")
@@ -212,11 +213,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--no-peers", action="store_true", help="skip " + ", ".join(PEERS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
-
     systems = [s for s in args.systems.split(",") if s and not (args.no_peers and s in PEERS)]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}")
+    return args, systems
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, systems = _arguments(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     sizes = tuple(float(mp) or None for mp in args.megapixels.split(","))
     settings = dict(item.split("=", 1) for item in args.set)
@@ -238,24 +243,20 @@ def main(argv: list[str] | None = None) -> Path:
         return measured
 
     first = measure_reference("before")
-    runs = [
-        bench_system(
-            name,
-            out,
-            bodies_for(name, photos),
-            levels,
-            args.duration,
-            settings,
-            web_settings,
-            progress,
-            args.gap_ms,
-        )
-        for name in systems
-    ]
+    runs, failed = [], {}
+    for name in systems:
+        try:
+            bodies = bodies_for(name, photos)
+            level_args = (levels, args.duration, settings, web_settings, progress, args.gap_ms)
+            runs.append(bench_system(name, out, bodies, *level_args))
+        except RuntimeError as exc:  # a system that would not start: the others still run
+            failed[name] = str(exc).splitlines()[0]
+            print(f"{name} failed: {exc}", file=sys.stderr)
     last = measure_reference("after")
     steps.close()
     reference = ceiling.mean(first, last)
     results = _results(args, photos, (first, last), reference, runs, settings, web_settings)
+    results["failed"] = failed
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(report.markdown(results))
     report.plots(results, out)
