@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from services.exporter.quantize import sample_photos
+
 MEGAPIXELS = (None, 1.0, 2.0, 5.0)  # None: the photo's own size
 
 
@@ -28,19 +30,9 @@ class Photo:
 
 
 def sources() -> dict[str, Image.Image]:
-    """The real photos this benchmark (and the accuracy check) starts from."""
-    from skimage import data
-    from sklearn.datasets import load_sample_image
-
-    arrays = {
-        "chelsea": data.chelsea(),
-        "coffee": data.coffee(),
-        "astronaut": data.astronaut(),
-        "rocket": data.rocket(),
-        "china": load_sample_image("china.jpg"),
-        "flower": load_sample_image("flower.jpg"),
-    }
-    return {name: Image.fromarray(arr).convert("RGB") for name, arr in arrays.items()}
+    """The real photos this benchmark (and the accuracy check) starts from: those that calibrate the int8
+    model, from scikit-image and scikit-learn."""
+    return sample_photos()
 
 
 def jpeg(img: Image.Image, quality: int = 90) -> bytes:

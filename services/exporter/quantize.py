@@ -36,8 +36,8 @@ FLOAT_LAYERS = re.compile(
 
 
 def sample_photos() -> dict[str, Any]:
-    """The real photos (PIL RGB images) that calibrate the int8 model (the same six as bench/photos.py,
-    listed here because the image's build stage holds only this package)."""
+    """The real photos (PIL RGB images) that calibrate the int8 model, and that bench/photos.py varies (they
+    are listed here because the image's build stage holds only this package)."""
     from PIL import Image
     from skimage import data
     from sklearn.datasets import load_sample_image
@@ -90,9 +90,9 @@ def logits_model(model: Any) -> Any:
 
 def _float_nodes(calibrated: bytes) -> list[str]:
     """The output tensors of the ops FLOAT_LAYERS keeps in float, by their names in the calibrated model."""
-    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter  # tf.lite.Interpreter is deprecated
 
-    names = (t["name"] for t in tf.lite.Interpreter(model_content=calibrated).get_tensor_details())
+    names = (t["name"] for t in Interpreter(model_content=calibrated).get_tensor_details())
     return sorted({name for name in names if FLOAT_LAYERS.search(name.split(";")[0])})
 
 

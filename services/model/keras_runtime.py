@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 
 from services.config import ModelConfig
-from services.model.runtime import (
-    _CAFFE_MEAN_BGR,
-    _IMAGENET_MEAN,
-    _IMAGENET_STD,
-    _check_input,
-    _checked,
-    _is_probabilities,
-    _softmax,
+from services.model.model_io import (
+    CAFFE_MEAN_BGR,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_input,
+    checked,
+    is_probabilities,
     preprocess_into,
+    softmax,
 )
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,9 @@ def normalise(images: Any, mode: str) -> Any:
     if mode == "tf":
         return ops.subtract(ops.multiply(x, 1 / 127.5), 1.0)
     if mode == "torch":
-        return ops.divide(ops.subtract(ops.multiply(x, 1 / 255), _IMAGENET_MEAN), _IMAGENET_STD)
+        return ops.divide(ops.subtract(ops.multiply(x, 1 / 255), IMAGENET_MEAN), IMAGENET_STD)
     if mode == "caffe":
-        return ops.subtract(ops.flip(x, axis=-1), _CAFFE_MEAN_BGR)
+        return ops.subtract(ops.flip(x, axis=-1), CAFFE_MEAN_BGR)
     if mode != "raw":
         raise ValueError(f"unknown preprocessing {mode!r}")
     return x
@@ -176,7 +176,7 @@ class KerasRuntime:
             time.perf_counter() - started,
         )
         self._softmax = False
-        self._softmax = not _is_probabilities(
+        self._softmax = not is_probabilities(
             self.predict_batch(np.zeros((1, *model.input_shape[1:]), np.uint8))
         )
 
@@ -186,8 +186,8 @@ class KerasRuntime:
         return getattr(self._forward, "traces", 0)
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        _check_input(images, self.input_size)
+        check_input(images, self.input_size)
         if len(images) == 0:  # TensorFlow's BatchNorm rejects an empty batch
             return np.zeros((0, len(self.labels)), np.float32)
         out = np.asarray(self._forward(images), np.float32)
-        return _checked(_softmax(out) if self._softmax else out, len(images), self.labels)
+        return checked(softmax(out) if self._softmax else out, len(images), self.labels)

@@ -23,12 +23,16 @@ from services import artifacts
 from services.artifacts import APPLICATION_PREPROCESSING, REBUILD, imagenet_labels
 from services.config import ModelConfig
 from services.model import affinity
+from services.model.model_io import (
+    ModelError,
+    check_input,
+    checked,
+    is_probabilities,
+    preprocess_into,
+    softmax,
+)
 
 log = logging.getLogger(__name__)
-
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 
 
 class Runtime(Protocol):
@@ -43,35 +47,6 @@ class Runtime(Protocol):
         ...
 
 
-class ModelError(RuntimeError):
-    """Artifacts missing, altered, unloadable or at odds with the settings, or output of the wrong shape."""
-
-
-def preprocess_into(images: np.ndarray, mode: str, out: np.ndarray) -> None:
-    """Write `images` (uint8 RGB) normalised per `mode` into `out`, without temporaries.
-
-    `out` is float32, or uint8: the input of an int8 model that normalises in-graph, so it takes raw pixels
-    unchanged (scale 1, zero point 0; the runtime checks that when it loads the model).
-    """
-    if out.dtype == np.uint8:
-        if mode != "raw":
-            raise ValueError(f"a uint8 model input takes raw pixels, not {mode!r} preprocessing")
-        np.copyto(out, images)
-        return
-    np.copyto(out, images[..., ::-1] if mode == "caffe" else images, casting="unsafe")  # one cast pass
-    if mode == "tf":  # [-1, 1]
-        out *= 1 / 127.5
-        out -= 1.0
-    elif mode == "torch":  # ImageNet mean/std on [0, 1]
-        out *= 1 / 255
-        out -= _IMAGENET_MEAN
-        out /= _IMAGENET_STD
-    elif mode == "caffe":  # BGR minus the ImageNet channel means
-        out -= _CAFFE_MEAN_BGR
-    elif mode != "raw":
-        raise ValueError(f"unknown preprocessing {mode!r}")
-
-
 def _dequantize(out: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """An int8 model's uint8 output as float32. TFLite's quantized softmax has scale 1/256 and zero point 0:
     rounding every class to 1/256 drops the many small ones, so those rows are renormalised to sum to 1."""
@@ -80,15 +55,6 @@ def _dequantize(out: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
         total = x.sum(axis=1, keepdims=True)
         x = np.divide(x, total, out=np.full_like(x, 1 / x.shape[1]), where=total > 0)
     return x
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _is_probabilities(out: np.ndarray) -> bool:
-    return bool((out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
 
 def _unloadable(path: str | Path, exc: Exception) -> ModelError:
@@ -175,7 +141,7 @@ class TFLiteRuntime:
         self.input_size = int(details["shape"][1])
         self._output_quantization = _quantization(path, details, output, self._mode)
         self._softmax = False
-        self._softmax = not _is_probabilities(
+        self._softmax = not is_probabilities(
             self.predict_batch(np.zeros((1, *details["shape"][1:]), np.uint8))
         )
 
@@ -199,7 +165,7 @@ class TFLiteRuntime:
         return out
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        _check_input(images, self.input_size)
+        check_input(images, self.input_size)
         with self._active_lock:
             self._active += 1
             alone = self._active == 1
@@ -220,7 +186,7 @@ class TFLiteRuntime:
         finally:
             with self._active_lock:
                 self._active -= 1
-        return _checked(_softmax(out) if self._softmax else out, len(images), self.labels)
+        return checked(softmax(out) if self._softmax else out, len(images), self.labels)
 
     def _run_chunks(self, interpreters: dict[int, Any], images: np.ndarray) -> np.ndarray:
         chunks, start = [], 0
@@ -231,17 +197,6 @@ class TFLiteRuntime:
             chunks.append(self._run(interpreters, part)[: len(images) - start])
             start += size
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.labels)), np.float32)
-
-
-def _check_input(images: np.ndarray, size: int) -> None:
-    if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
-        raise ValueError(f"expected (N, {size}, {size}, 3) uint8 images, got {images.shape} {images.dtype}")
-
-
-def _checked(out: np.ndarray, n: int, labels: list[str]) -> np.ndarray:
-    if out.shape != (n, len(labels)):
-        raise ModelError(f"model output shape {out.shape}, expected {(n, len(labels))}")
-    return out
 
 
 def _read_manifest(directory: Path, cfg: ModelConfig, model_file: str) -> tuple[str, list[str]]:
