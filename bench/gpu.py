@@ -55,9 +55,13 @@ def _calls(runtime: Any, batch: np.ndarray, duration_s: float) -> list[float]:
     return calls
 
 
-def measure_raw(model_dir: str, sizes: list[int], duration_s: float, streams: int) -> dict[str, Any]:
-    """(a), in a process of its own (the caller's holds no accelerator): images/s at each batch size, with
-    `streams` threads calling at once, as the model server's inference_workers do."""
+def measure_raw(
+    backend: str, model_dir: str, sizes: list[int], duration_s: float, streams: int
+) -> dict[str, Any]:
+    """(a), in a process of its own (the caller's holds no accelerator and loads no Keras): images/s at each
+    batch size, with `streams` threads calling at once, as the model server's inference_workers do."""
+    os.environ["KERAS_BACKEND"] = backend  # this process's own environment, read when Keras loads
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from services import config
     from services.model.runtime import load_runtime, warm_up
 
@@ -83,7 +87,6 @@ def measure_raw(model_dir: str, sizes: list[int], duration_s: float, streams: in
                     "batch_ms_p50": statistics.median(calls) * 1000,
                 }
             )
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     return {"device": runtime.device, "versions": _versions(backend), "streams": streams, "levels": levels}
 
 
@@ -220,11 +223,11 @@ def main(argv: list[str] | None = None) -> Path:
     sizes = sorted({int(n) for n in args.batch_sizes.split(",") if n.strip()})
     out = Path(args.out) / f"{time.strftime('%Y%m%d-%H%M%S')}-gpu"
     out.mkdir(parents=True, exist_ok=True)
-    os.environ["KERAS_BACKEND"] = args.backend  # for the processes started below; this one loads no Keras
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # gone, with its memory, after (a)
         streams = int(dict(item.split("=", 1) for item in args.set).get("inference_workers", WORKERS))
-        raw = pool.submit(measure_raw, str(ensure_model()), sizes, args.duration, streams).result()
+        raw = pool.submit(
+            measure_raw, args.backend, str(ensure_model()), sizes, args.duration, streams
+        ).result()
     served = measure_served(args, sizes, out)
     best = max(raw["levels"], key=lambda lv: lv["images_per_s"])
     results = {

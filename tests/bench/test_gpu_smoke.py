@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -17,7 +18,9 @@ pytestmark = [
 
 def test_gpu_bench_runs_end_to_end_on_the_cpu(tmp_path):
     argv = ["--backend", "jax", "--batch-sizes", "1,2,4", "--duration", "3", "--clients", "2"]
+    backend_before = os.environ.get("KERAS_BACKEND")
     out = gpu.main([*argv, "--out", str(tmp_path)])
+    assert os.environ.get("KERAS_BACKEND") == backend_before  # Keras loaded later here keeps its backend
     assert out.name.endswith("-gpu")
     results = json.loads((out / "results.json").read_text())
     assert results["backend"] == "jax" and results["target"] == 0.9
