@@ -11,6 +11,7 @@ meanwhile from another thread as fast as loopback takes it (a browser's upload).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import statistics
@@ -67,7 +68,8 @@ def exchange(port: int, head: bytes, body: Iterable[bytes] = ()) -> Answer:
                 name, _, value = line.decode("latin-1").partition(":")
                 headers[name.strip().lower()] = value.strip()
             content = reader.read(int(headers.get("content-length", "0")))
-        sock.shutdown(socket.SHUT_RDWR)  # the sender stops, if it has not finished
+        with contextlib.suppress(OSError):  # the server may have reset the connection after answering
+            sock.shutdown(socket.SHUT_RDWR)  # the sender stops, if it has not finished
         sender.join()
     assert status_line.startswith(b"HTTP/1.1 "), status_line
     return Answer(int(status_line.split()[1]), ms, content)

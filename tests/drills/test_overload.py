@@ -173,8 +173,12 @@ def test_small_queue_refuses_fast_and_keeps_goodput(tmp_path, photos, drill_reco
     assert not other, other  # only 200 and 503, at both sizes and with both kinds of client
     assert ratio >= 0.9
     # Nearly every refusal is the worker's loop answering at once (the process's admission limit is full),
-    # so it waits neither for a thread nor for a decode; the few OVERLOADED replies make the tail.
-    assert percentile(polite.refused_ms, 99) <= 50
+    # so it waits neither for a thread nor for a decode; the few OVERLOADED replies make the tail. Measured
+    # against the answers of the same run, not in milliseconds (the machines differ): a refusal's p99 has
+    # been 0.1-0.35 of a served request's p99, its p50 a few ms; a refusal that waited would match them.
+    served_p99 = percentile(polite.ok_ms, 99)
+    assert percentile(polite.refused_ms, 99) <= served_p99
+    assert percentile(polite.refused_ms, 50) <= 0.2 * served_p99
     assert overloaded <= 0.1 * refused  # refusals cost no decode and no model server (before: 4.4 each)
     assert eager_overloaded <= 0.1 * eager_refused
-    assert percentile(eager.refused_ms, 50) <= 100
+    assert percentile(eager.refused_ms, 50) <= 0.5 * served_p99
