@@ -15,7 +15,7 @@ from typing import Any
 MANIFEST = "manifest.json"
 LABELS = "labels.json"
 REBUILD = "rebuild with `make model`"
-# The TFLite file for each model_precision: float32, or int8 weights and activations (uint8 pixels in).
+# The TFLite file for each model_precision: float32, or mostly int8 (float32 pixels in, logits out).
 TFLITE_FILES = {"float": "model.tflite", "int8": "model_int8.tflite"}
 
 # Inputs each keras.applications family expects (see its preprocess_input); "raw" = normalises itself.

@@ -171,7 +171,7 @@ class ModelConfig(ImageLimits, ZmqLink, Telemetry):
         "tflite (fast on CPU) or keras (TensorFlow, JAX or PyTorch; uses a GPU)",
         choices=("tflite", "keras"),
     )
-    # int8 halves the CPU per image at a small accuracy cost (docs/performance.md); tflite runtime only.
+    # int8 halves the inference CPU at a small accuracy cost (docs/performance.md); tflite runtime only.
     model_precision: str = setting(
         "float", "tflite model: float (model.tflite) or int8 (model_int8.tflite)", choices=("float", "int8")
     )
