@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,14 +115,19 @@ def to_int8(saved_model: Path, size: int) -> bytes:
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
         tf.lite.OpsSet.TFLITE_BUILTINS,
     ]
-    # The debugger calibrates once and quantizes with a denylist; it keeps the float input and output.
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative)
-    nodes = _float_nodes(debugger.calibrated_model)
-    log.info("int8 model: %d tensors of FLOAT_LAYERS kept in float", len(nodes))
-    if not nodes:  # another architecture: its layers have other names
-        log.warning("no layer of FLOAT_LAYERS found: every op is quantized")
-    debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
-    return debugger.get_nondebug_quantized_model()
+    # The debugger calibrates once and quantizes with a denylist; it keeps the float input and output. It runs
+    # TensorFlow's own (deprecated) interpreter inside, whose warning says nothing about the model written.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*tf\.lite\.Interpreter is deprecated", UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative
+        )
+        nodes = _float_nodes(debugger.calibrated_model)
+        log.info("int8 model: %d tensors of FLOAT_LAYERS kept in float", len(nodes))
+        if not nodes:  # another architecture: its layers have other names
+            log.warning("no layer of FLOAT_LAYERS found: every op is quantized")
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
+        return debugger.get_nondebug_quantized_model()
 
 
 def to_dynamic_range(saved_model: Path) -> bytes:

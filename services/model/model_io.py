@@ -16,16 +16,7 @@ class ModelError(RuntimeError):
 
 
 def preprocess_into(images: np.ndarray, mode: str, out: np.ndarray) -> None:
-    """Write `images` (uint8 RGB) normalised per `mode` into `out`, without temporaries.
-
-    `out` is float32, or uint8: the input of an int8 model that normalises in-graph, so it takes raw pixels
-    unchanged (scale 1, zero point 0; the runtime checks that when it loads the model).
-    """
-    if out.dtype == np.uint8:
-        if mode != "raw":
-            raise ValueError(f"a uint8 model input takes raw pixels, not {mode!r} preprocessing")
-        np.copyto(out, images)
-        return
+    """Write `images` (uint8 RGB) normalised per `mode` into `out` (float32), without temporaries."""
     np.copyto(out, images[..., ::-1] if mode == "caffe" else images, casting="unsafe")  # one cast pass
     if mode == "tf":  # [-1, 1]
         out *= 1 / 127.5

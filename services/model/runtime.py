@@ -47,16 +47,6 @@ class Runtime(Protocol):
         ...
 
 
-def _dequantize(out: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """An int8 model's uint8 output as float32. TFLite's quantized softmax has scale 1/256 and zero point 0:
-    rounding every class to 1/256 drops the many small ones, so those rows are renormalised to sum to 1."""
-    x = (out.astype(np.float32) - zero_point) * np.float32(scale)
-    if (scale, zero_point) == (1 / 256, 0):
-        total = x.sum(axis=1, keepdims=True)
-        x = np.divide(x, total, out=np.full_like(x, 1 / x.shape[1]), where=total > 0)
-    return x
-
-
 def _unloadable(path: str | Path, exc: Exception) -> ModelError:
     """A one-line ModelError for a model file its loader refused (TensorFlow's messages span lines)."""
     reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
@@ -84,23 +74,12 @@ def open_interpreter(path: str | Path, threads: int, batch: int) -> Any:
     return interpreter
 
 
-def _quantization(
-    path: Path, input_details: dict[str, Any], output_details: dict[str, Any], mode: str
-) -> tuple[float, int] | None:
-    """The output's (scale, zero point) for a quantized model, None for a float one.
-
-    :raise ModelError: an input other than float32 or uint8 raw pixels (scale 1, zero point 0).
-    """
-    dtype, quantization = input_details["dtype"], tuple(input_details["quantization"])
-    if dtype != np.float32 and (dtype != np.uint8 or quantization != (1.0, 0) or mode != "raw"):
-        raise ModelError(
-            f"{path} takes {np.dtype(dtype).name} (scale, zero point {quantization}) with preprocessing"
-            f" {mode!r}; a quantized model must take raw uint8 pixels (scale 1, zero point 0): {REBUILD}"
-        )
-    if output_details["dtype"] == np.float32:
-        return None
-    scale, zero_point = output_details["quantization"]
-    return float(scale), int(zero_point)
+def _check_float_io(path: Path, input_details: dict[str, Any], output_details: dict[str, Any]) -> None:
+    """:raise ModelError: the model does not take float32 pixels and give float32 scores, as exported ones do
+    (the int8 model included: it quantizes and dequantizes in-graph)."""
+    for what, details in (("takes", input_details), ("gives", output_details)):
+        if details["dtype"] != np.float32:
+            raise ModelError(f"{path} {what} {np.dtype(details['dtype']).name}, not float32: {REBUILD}")
 
 
 class TFLiteRuntime:
@@ -139,7 +118,7 @@ class TFLiteRuntime:
         output = probe[self._sizes[0]].get_output_details()[0]
         self._pool.put(probe)
         self.input_size = int(details["shape"][1])
-        self._output_quantization = _quantization(path, details, output, self._mode)
+        _check_float_io(path, details, output)
         self._softmax = False
         self._softmax = not is_probabilities(
             self.predict_batch(np.zeros((1, *details["shape"][1:]), np.uint8))
@@ -152,8 +131,7 @@ class TFLiteRuntime:
         preprocess_into(images, self._mode, buffer)
         del buffer  # invoke refuses to run while a view of its buffers is alive
         interpreter.invoke()
-        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])  # a copy
-        return out if self._output_quantization is None else _dequantize(out, *self._output_quantization)
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])  # a copy
 
     def _chunks(self, n: int) -> list[int]:
         """n as a sum of allowed sizes, largest first (sizes are padded up only below the smallest one)."""

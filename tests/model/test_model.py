@@ -326,13 +326,32 @@ def test_preprocessing_modes(mode: str) -> None:
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_uint8_input_takes_raw_pixels_unchanged() -> None:
-    images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
-    out = np.empty(images.shape, np.uint8)
-    preprocess_into(images, "raw", out)
-    np.testing.assert_array_equal(out, images)
-    with pytest.raises(ValueError, match="uint8 model input takes raw pixels"):
-        preprocess_into(images, "tf", out)
+def _uint8_model(size: int, classes: int) -> bytes:
+    """A fully quantized TFLite model, uint8 pixels in and uint8 scores out, as some published ones are."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    def scores(x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(tf.matmul(tf.reduce_mean(x, axis=[1, 2]), tf.fill([3, classes], 0.001)))
+
+    rng = np.random.default_rng(0)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([scores.get_concrete_function()], scores)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: (
+        [rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)] for _ in range(4)
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs")  # none are needed here
+def test_a_model_without_float32_pixels_in_and_scores_out_is_refused(model_dir: str, tmp_path) -> None:
+    quantized = _uint8_model(224, 1000)
+    broken = _broken_copy(model_dir, tmp_path, "model.tflite", quantized, resign=True)
+    with pytest.raises(ModelError, match=r"model.tflite takes uint8, not float32: .*make model") as info:
+        load_runtime(make_config(broken))
+    assert "\n" not in str(info.value)
 
 
 def test_the_int8_model_gives_logits_and_the_runtime_answers_probabilities(
