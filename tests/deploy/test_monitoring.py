@@ -1,5 +1,5 @@
-"""The chart's monitoring and autoscaling (ServiceMonitors, alerts, dashboard, model autoscaler): checked
-offline against the operators' own schemas, with promtool, and against the metrics the code exports."""
+"""The chart's monitoring (ServiceMonitors, alerts, dashboard): checked offline against the operators' own
+schemas, with promtool, and against the metrics the code exports."""
 
 from __future__ import annotations
 
@@ -7,55 +7,38 @@ import copy
 import functools
 import json
 import re
-import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
-from services import config, protocol
-from tests.deploy.conftest import CHART, NAMESPACE, RELEASE, ROOT, find, helm_template_error, render
+from tests.deploy.conftest import (
+    CHART,
+    CRD_PYTHON,
+    KEDA,
+    MODEL,
+    NAMESPACE,
+    OPERATOR_OBJECTS,
+    PROMTOOL,
+    RELEASE,
+    ROOT,
+    SERVICE_MONITOR,
+    WEB,
+    find,
+    helm_template_error,
+    model_hpa,
+    operator_check,
+    render,
+    tool,
+    unknown_metrics,
+)
 
-CRD_PYTHON = ROOT / "build" / "tools" / "crd-venv" / "bin" / "python"
-PROMTOOL = ROOT / "build" / "tools" / "bin" / "promtool"
-OPERATOR_OBJECTS = ROOT / "scripts" / "operator_objects.py"
 ALERT_TESTS = Path(__file__).with_name("alerts.test.yaml")
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
-WEB, MODEL = f"{RELEASE}-web", f"{RELEASE}-model"
 MONITORING = ["monitoring.yaml", "monitoring-hpa.yaml"]  # ci/ files: KEDA, and HPA with everything elsewhere
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
-# Series the rules read that the services do not export themselves.
-KUBE_STATE_METRICS = {"kube_pod_container_status_restarts_total"}
-SERVICE_MONITOR = ("--set", "metrics.serviceMonitor.enabled=true")
-KEDA = (
-    *SERVICE_MONITOR,
-    "--set", "model.autoscaling.enabled=true",
-    "--set", "model.autoscaling.keda.serverAddress=http://prometheus.monitoring.svc:9090",
-)  # fmt: skip
-GPU = ("--set", "model.gpu.enabled=true", "--set", "model.runtime=keras")
-
-
-def tool(path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a pinned tool from build/tools; a missing one fails the test (these checks must not be skipped)."""
-    if not path.exists():
-        pytest.fail(f"{path.relative_to(ROOT)} is missing: run scripts/deploy-tools.sh first", pytrace=False)
-    return subprocess.run(
-        [str(path), *args], input=stdin, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def operator_check(docs: list[dict], tmp_path: Path, *, as_json: bool = True) -> tuple[int, str, list[dict]]:
-    """scripts/operator_objects.py check on `docs`: (exit status, its output, its JSON report or [])."""
-    path = tmp_path / "render.yaml"
-    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    done = tool(CRD_PYTHON, str(OPERATOR_OBJECTS), "check", *(["--json"] if as_json else []), str(path))
-    reports = json.loads(done.stdout) if as_json and done.stdout else []
-    return done.returncode, done.stdout + done.stderr, reports
 
 
 @functools.cache
@@ -66,40 +49,6 @@ def checked(values: str) -> tuple[int, str, tuple[dict, ...]]:
     return status, output, tuple(reports)
 
 
-def sample_names(name: str, kind: str) -> set[str]:
-    """The sample names prometheus-client writes for a metric family."""
-    suffixes = {
-        "counter": ("_total", "_created"),
-        "gauge": ("",),
-        "histogram": ("_bucket", "_sum", "_count", "_created"),
-        "summary": ("", "_sum", "_count", "_created"),
-        "info": ("_info",),
-    }[kind]
-    return {name + suffix for suffix in suffixes}
-
-
-def exported_metrics() -> set[str]:
-    """Every sample name the web tier and the model server expose, read from their metric objects."""
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.metrics import MetricWrapperBase
-
-    from services.model.metrics import ServerMetrics
-    from services.web import metrics as web_metrics
-
-    collectors = [v for v in vars(web_metrics).values() if isinstance(v, MetricWrapperBase)]
-    model = ServerMetrics(CollectorRegistry())
-    collectors += [v for v in vars(model).values() if isinstance(v, MetricWrapperBase)]
-    names = {n for c in collectors for family in c.describe() for n in sample_names(family.name, family.type)}
-    assert {"zerolens_web_http_requests_total", "zerolens_model_in_flight"} <= names  # read them all
-    return names
-
-
-def unknown_metrics(reports: list[dict[str, Any]]) -> dict[str, set[str]]:
-    """object → metric names its PromQL reads that nothing exports."""
-    known = exported_metrics() | KUBE_STATE_METRICS
-    return {r["object"]: set(r["metrics"]) - known for r in reports if set(r["metrics"]) - known}
-
-
 def operator_objects(docs: list[dict]) -> list[dict]:
     return [d for d in docs if d["kind"] in OPERATOR_KINDS]
 
@@ -108,10 +57,6 @@ def dashboard_map(docs: list[dict]) -> list[dict]:
     return [
         d for d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {})
     ]
-
-
-def model_hpa(docs: list[dict]) -> list[dict]:
-    return [d for d in docs if d["kind"] == "HorizontalPodAutoscaler" and d["metadata"]["name"] == MODEL]
 
 
 def rules(docs: list[dict]) -> list[dict]:
@@ -397,145 +342,6 @@ def test_service_monitors_scrape_each_tiers_metrics_port(values: str) -> None:
         assert endpoint["metricRelabelings"][0]["action"] == "drop"
 
 
-# Model autoscaling ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", ["keda", "hpa"])
-@pytest.mark.parametrize("gpu", [False, True])
-def test_autoscaling_leaves_the_model_replicas_to_the_autoscaler(kind: str, gpu: bool) -> None:
-    docs = render(*KEDA, "--set", f"model.autoscaling.kind={kind}", *(GPU if gpu else ()))
-    deployment = find(docs, "Deployment", MODEL)
-    assert "replicas" not in deployment["spec"]
-    assert find(docs, "Deployment", WEB)["spec"]["replicas"] == 2
-    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert ("nvidia.com/gpu" in limits) == gpu
-    if kind == "keda":
-        scaled = find(docs, "ScaledObject", MODEL)["spec"]
-        target, low, high = scaled["scaleTargetRef"], scaled["minReplicaCount"], scaled["maxReplicaCount"]
-        behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-        assert not model_hpa(docs)
-    else:
-        hpa = model_hpa(docs)[0]["spec"]
-        target, low, high, behavior = (
-            hpa["scaleTargetRef"],
-            hpa["minReplicas"],
-            hpa["maxReplicas"],
-            hpa["behavior"],
-        )
-        assert not [d for d in docs if d["kind"] == "ScaledObject"]
-    assert target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": MODEL}
-    assert (low, high) == (2, 8) and behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
-
-
-@pytest.mark.parametrize(("metric", "metric_type", "threshold"), [
-    ("inFlight", "AverageValue", "16"), ("queueTime", "Value", "0.1"),
-])  # fmt: skip
-def test_keda_trigger_queries_prometheus_for_the_chosen_signal(
-    metric: str, metric_type: str, threshold: str
-) -> None:
-    docs = render(
-        *KEDA,
-        "--set",
-        f"model.autoscaling.metric={metric}",
-        "--set",
-        "model.autoscaling.keda.authenticationRef=prom",
-    )
-    (trigger,) = find(docs, "ScaledObject", MODEL)["spec"]["triggers"]
-    assert trigger["type"] == "prometheus" and trigger["metricType"] == metric_type
-    assert trigger["metadata"]["serverAddress"] == "http://prometheus.monitoring.svc:9090"
-    assert trigger["metadata"]["threshold"] == threshold
-    assert f'namespace="{NAMESPACE}",service="{MODEL}"' in trigger["metadata"]["query"]
-    assert trigger["authenticationRef"] == {"name": "prom"}
-
-
-def test_hpa_reads_the_external_metrics_the_documented_adapter_rules_serve(tmp_path: Path) -> None:
-    served, queries = set(), []
-    for rule in adapter_rules()[0]["rules"]["external"]:  # the same in every source
-        series = re.match(r"([a-z_:]+)\{", rule["seriesQuery"])[1]
-        assert series in exported_metrics()
-        naming = rule["name"]
-        served.add(re.sub(naming["matches"], naming["as"].replace("${1}", r"\1"), series))
-        query = rule["metricsQuery"].replace("<<.Series>>", series)
-        queries.append(query.replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",service="{MODEL}"'))
-    # The adapter's queries are PromQL once its templates are filled in: checked as recording rules.
-    check = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {"name": "adapter"},
-        "spec": {
-            "groups": [{"name": "adapter", "rules": [{"record": "adapter", "expr": q} for q in queries]}]
-        },
-    }
-    status, output, reports = operator_check([check], tmp_path)
-    assert status == 0 and not unknown_metrics(reports), output
-    assert served == {"zerolens_model_in_flight", "zerolens_model_queue_seconds_p95"}
-    for metric in ("inFlight", "queueTime"):
-        args = ("--set", "model.autoscaling.kind=hpa", "--set", f"model.autoscaling.metric={metric}")
-        (spec,) = model_hpa(render(*KEDA, *args))[0]["spec"]["metrics"]
-        assert spec["type"] == "External" and spec["external"]["metric"]["name"] in served
-        assert spec["external"]["metric"]["selector"] == {"matchLabels": {"service": MODEL}}
-
-
-def adapter_rules() -> list[dict]:
-    """The prometheus-adapter rules as values.yaml, docs/monitoring.md and the README give them, all equal."""
-    values = (CHART / "values.yaml").read_text()
-    block = re.search(r"^ *##   rules:\n((?: *##     .*\n)+)", values, re.M)
-    assert block, "values.yaml: no prometheus-adapter rules above model.autoscaling"
-    found = [yaml.safe_load("rules:\n" + re.sub(r"^ *##   ", "", block[1], flags=re.M))]
-    for doc in (ROOT / "docs" / "monitoring.md", ROOT / "README.md"):
-        fenced = [b for b in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S) if "seriesQuery" in b]
-        assert len(fenced) == 1, f"{doc.name}: expected one block of prometheus-adapter rules"
-        found.append(yaml.safe_load(fenced[0]))
-    assert all(rules == found[0] for rules in found), "the prometheus-adapter rules differ between the docs"
-    return found
-
-
-AUTOSCALER_TESTS = """
-rule_files: []
-evaluation_interval: 1m
-tests:
-  # Two pods of the release hold 10 and 20 requests (another namespace's pod is not ours); every request
-  # waited 0.05-0.1 s, so the p95 is 0.05 + 0.95 x 0.05.
-  - interval: 1m
-    input_series:
-      - {series: 'zerolens_model_in_flight{MODEL,pod="a"}', values: 10x10}
-      - {series: 'zerolens_model_in_flight{MODEL,pod="b"}', values: 20x10}
-      - {series: 'zerolens_model_in_flight{namespace="other",service="SERVICE",pod="c"}', values: 99x10}
-      - {series: 'zerolens_model_queue_seconds_bucket{MODEL,pod="a",le="0.05"}', values: 0x10}
-      - {series: 'zerolens_model_queue_seconds_bucket{MODEL,pod="a",le="0.1"}', values: 0+60x10}
-      - {series: 'zerolens_model_queue_seconds_bucket{MODEL,pod="a",le="+Inf"}', values: 0+60x10}
-    promql_expr_test:
-      - {expr: 'IN_FLIGHT', eval_time: 5m, exp_samples: [{labels: '{}', value: 30}]}
-      - {expr: 'QUEUE_TIME', eval_time: 5m, exp_samples: [{labels: '{}', value: 0.0975}]}
-  # No traffic: no in-flight series at all, and a queue-time histogram that does not move (NaN quantile).
-  - interval: 1m
-    input_series:
-      - {series: 'zerolens_model_queue_seconds_bucket{MODEL,pod="a",le="+Inf"}', values: 5x10}
-    promql_expr_test:
-      - {expr: 'IN_FLIGHT', eval_time: 5m, exp_samples: [{labels: '{}', value: 0}]}
-      - {expr: 'QUEUE_TIME', eval_time: 5m, exp_samples: [{labels: '{}', value: 0}]}
-"""
-
-
-def test_autoscaler_queries_give_the_intended_numbers(tmp_path: Path) -> None:
-    """The KEDA queries, evaluated by promtool on made-up series: in flight sums this release's pods only, and
-    both answer 0 rather than nothing (or NaN) when there is no traffic."""
-    queries = {}
-    for metric in ("inFlight", "queueTime"):
-        (trigger,) = find(
-            render(*KEDA, "--set", f"model.autoscaling.metric={metric}"), "ScaledObject", MODEL
-        )["spec"]["triggers"]
-        queries[metric] = trigger["metadata"]["query"]
-    tests = AUTOSCALER_TESTS.replace("IN_FLIGHT", queries["inFlight"]).replace(
-        "QUEUE_TIME", queries["queueTime"]
-    )
-    tests = tests.replace("MODEL,", f'namespace="{NAMESPACE}",service="{MODEL}",').replace("SERVICE", MODEL)
-    path = tmp_path / "autoscaler.test.yaml"
-    path.write_text(tests)
-    done = tool(PROMTOOL, "test", "rules", str(path))
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 # Bad combinations -------------------------------------------------------------------------------------------
 
 
@@ -557,68 +363,3 @@ def test_autoscaler_queries_give_the_intended_numbers(tmp_path: Path) -> None:
 ])  # fmt: skip
 def test_bad_monitoring_values_fail_with_the_fix_in_the_message(args: tuple[str, ...], expected: str) -> None:
     assert expected in helm_template_error(*args)
-
-
-# The gauge the autoscaler reads -----------------------------------------------------------------------------
-
-
-class _HeldRuntime:
-    """A model that answers class 0 once its gate opens."""
-
-    name = "held"
-    labels = [f"class-{i}" for i in range(10)]
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        assert self.gate.wait(30), "the test never opened the gate"
-        out = np.zeros((len(images), 10), dtype=np.float32)
-        out[:, 0] = 1.0
-        return out
-
-
-def test_in_flight_gauge_counts_admitted_requests_until_they_are_answered() -> None:
-    from services.model.metrics import ServerMetrics
-    from services.model.pipeline import Pipeline
-
-    cfg = config.load(
-        config.ModelConfig,
-        overrides={"max_queue_size": 2, "max_batch_size": 1, "max_batch_delay_ms": 0, "inference_workers": 1},
-        environ={},
-    )
-    metrics, runtime = ServerMetrics(), _HeldRuntime()
-    pipeline = Pipeline(cfg, runtime, metrics).start()
-    gauge = lambda: metrics.registry.get_sample_value("zerolens_model_in_flight")  # noqa: E731
-    answered: list[protocol.Reply] = []
-    all_answered = threading.Event()
-
-    def done(reply: protocol.Reply) -> None:
-        answered.append(reply)
-        if len(answered) == 3:
-            all_answered.set()
-
-    size = cfg.input_size
-    try:
-        for i in range(3):  # two fill the queue, the third is refused at once
-            request = protocol.Request(
-                f"r{i}", protocol.deadline_after_ms(30_000), image=bytes(size * size * 3),
-                encoding=protocol.ENCODING_RGB8, shape=(size, size, 3),
-            )  # fmt: skip
-            pipeline.handle(request, time.monotonic(), done, client=b"web")
-            assert gauge() == min(i + 1, 2) == pipeline.in_flight
-        assert [r.status for r in answered] == [protocol.Status.OVERLOADED]
-        assert (
-            metrics.registry.get_sample_value(
-                "zerolens_model_refused_requests_total", {"reason": "queue_full"}
-            )
-            == 1
-        )
-        runtime.gate.set()
-        assert all_answered.wait(30)
-        assert gauge() == 0 == pipeline.in_flight  # each reply gives its place back before it is sent
-        assert [r.status for r in answered[1:]] == [protocol.Status.OK] * 2
-        assert metrics.registry.get_sample_value("zerolens_model_queue_seconds_count") == 2
-    finally:
-        runtime.gate.set()
-        pipeline.close()

@@ -244,42 +244,68 @@ def _dropped(server: ModelServer) -> float:
 SERVER_EXAMPLES = 300
 
 
+def _fuzzed_messages() -> st.SearchStrategy[list[bytes]]:
+    """Arbitrary frames, mutated valid requests and hostile headers, as a DEALER client sends them."""
+    # Deadlines from the real clock here, so that valid requests reach the model too.
+    now_ms = int(time.time() * 1000)
+    return st.one_of(
+        st.lists(frame, min_size=1, max_size=20),
+        mutated(valid_messages(now_ms)).filter(bool),
+        hostile_header(now_ms),
+    )
+
+
+def _send_one(
+    client: zmq.Socket, server: ModelServer, frames: list[bytes], counts: dict[str, int], bad: list[str]
+) -> None:
+    """Send one message and count what became of it within 5 s: a reply, or a drop the server counted.
+
+    Neither, or an INTERNAL reply, goes into `bad`; a reply not routed back to this client fails outright.
+    """
+    counts["messages"] += 1
+    dropped_before = _dropped(server)
+    client.send_multipart(frames)
+    give_up = time.monotonic() + 5
+    while time.monotonic() < give_up:
+        if client.poll(20):
+            reply = client.recv_multipart()
+            counts["replies"] += 1
+            # The client's own frames before its first delimiter come back, then the reply.
+            prefix = frames[: frames.index(b"")] if b"" in frames else []
+            assert reply[:-3] == prefix and reply[-3] == b"", (frames, reply)
+            got = protocol.decode_reply(reply[-3:])
+            if got.status is Status.INTERNAL:
+                bad.append(f"INTERNAL for {frames!r}: {got.error}")
+            return
+        if _dropped(server) > dropped_before:
+            counts["dropped"] += 1
+            return
+    bad.append(f"neither a reply nor a drop for {frames!r}")
+
+
+def _ping_and_classify(client: zmq.Socket) -> tuple[Reply | None, Reply | None]:
+    """A ping, then a small rgb8 classify: each one's reply, or None if none came within 5 s."""
+    ping_request = Request("after-fuzz", protocol.deadline_after_ms(5000), op=protocol.OP_PING)
+    client.send_multipart(protocol.encode_request(ping_request))
+    ping = protocol.decode_reply(client.recv_multipart()) if client.poll(5000) else None
+    rgb8 = Request("after-fuzz-2", protocol.deadline_after_ms(5000), image=bytes(12), encoding="rgb8",
+                   shape=(2, 2, 3))  # fmt: skip
+    client.send_multipart(protocol.encode_request(rgb8))
+    classify = protocol.decode_reply(client.recv_multipart()) if client.poll(5000) else None
+    return ping, classify
+
+
 def test_model_server_answers_or_counts_every_fuzzed_message(server, drill_record):
     counts = {"messages": 0, "replies": 0, "dropped": 0}
     bad: list[str] = []
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as client:
         client.linger = 0
         client.connect(f"tcp://127.0.0.1:{server.port}")
-        # Deadlines from the real clock here, so that valid requests reach the model too.
-        now_ms = int(time.time() * 1000)
-        messages = st.one_of(
-            st.lists(frame, min_size=1, max_size=20),
-            mutated(valid_messages(now_ms)).filter(bool),
-            hostile_header(now_ms),
-        )
 
         @fuzz_settings(SERVER_EXAMPLES)
-        @given(messages)
+        @given(_fuzzed_messages())
         def run(frames: list[bytes]) -> None:
-            counts["messages"] += 1
-            dropped_before = _dropped(server)
-            client.send_multipart(frames)
-            give_up = time.monotonic() + 5
-            while time.monotonic() < give_up:
-                if client.poll(20):
-                    reply = client.recv_multipart()
-                    counts["replies"] += 1
-                    # The client's own frames before its first delimiter come back, then the reply.
-                    prefix = frames[: frames.index(b"")] if b"" in frames else []
-                    assert reply[:-3] == prefix and reply[-3] == b"", (frames, reply)
-                    got = protocol.decode_reply(reply[-3:])
-                    if got.status is Status.INTERNAL:
-                        bad.append(f"INTERNAL for {frames!r}: {got.error}")
-                    return
-                if _dropped(server) > dropped_before:
-                    counts["dropped"] += 1
-                    return
-            bad.append(f"neither a reply nor a drop for {frames!r}")
+            _send_one(client, server, frames, counts, bad)
 
         failure = ""
         try:
@@ -287,13 +313,7 @@ def test_model_server_answers_or_counts_every_fuzzed_message(server, drill_recor
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"[:300]
         alive = server.readiness()
-        ping_request = Request("after-fuzz", protocol.deadline_after_ms(5000), op=protocol.OP_PING)
-        client.send_multipart(protocol.encode_request(ping_request))
-        ping = protocol.decode_reply(client.recv_multipart()) if client.poll(5000) else None
-        rgb8 = Request("after-fuzz-2", protocol.deadline_after_ms(5000), image=bytes(12), encoding="rgb8",
-                       shape=(2, 2, 3))  # fmt: skip
-        client.send_multipart(protocol.encode_request(rgb8))
-        classify = protocol.decode_reply(client.recv_multipart()) if client.poll(5000) else None
+        ping, classify = _ping_and_classify(client)
     drill_record(
         "B3",
         "Protocol fuzzing: a running model server over ZeroMQ TCP",

@@ -130,27 +130,22 @@ def _other_formats(small: Image.Image) -> dict[str, Hostile]:
     }
 
 
-def build_hostile() -> dict[str, Hostile]:
-    small = Image.new("RGB", (640, 480), (200, 40, 40))
-    jpeg, png = _encode(small, "JPEG"), _encode(small, "PNG")
-    after_ihdr = 8 + 25
-    before_iend = len(png) - 12
-    text_bomb = zlib.compress(b"a" * ((1 << 20) - 100), 9)  # just under Pillow's MAX_TEXT_CHUNK
-    deep_bomb = zlib.compress(b"a" * 200_000_000, 9)  # 200 MB of text in 200 kB
-    ztxt = b"".join(_chunk(b"zTXt", b"k%d\0\0" % i + text_bomb) for i in range(2_000))
+# Past the PNG signature (8 bytes) and IHDR chunk (25 bytes): chunks put here are read before any IDAT.
+AFTER_IHDR = 8 + 25
 
-    def metadata(segments: int) -> bytes:
-        """`segments` APP1 (EXIF) and as many APP2 (ICC profile) segments of 65 kB each."""
-        exif = _segment(0xE1, b"Exif\0\0MM\0*\0\0\0\x08" + bytes(65_000)) * segments
-        icc = (
-            _segment(0xE2, b"ICC_PROFILE\0" + bytes([i + 1, segments]) + bytes(65_000))
-            for i in range(segments)
-        )
-        return exif + b"".join(icc)
 
-    alpha_row = b"\x00" + bytes(v for x in range(4000) for v in (x % 256, 90, 200, x % 251))
-    hostile = {
-        # bombs by area and by one side
+def _metadata(segments: int) -> bytes:
+    """`segments` APP1 (EXIF) and as many APP2 (ICC profile) segments of 65 kB each."""
+    exif = _segment(0xE1, b"Exif\0\0MM\0*\0\0\0\x08" + bytes(65_000)) * segments
+    icc = (
+        _segment(0xE2, b"ICC_PROFILE\0" + bytes([i + 1, segments]) + bytes(65_000)) for i in range(segments)
+    )
+    return exif + b"".join(icc)
+
+
+def _size_bombs() -> dict[str, Hostile]:
+    """Bombs by area and by one side, and the biggest PNGs and progressive JPEGs a request is admitted for."""
+    return {
         "area_bomb_png_20000x20000": Hostile(bomb_png(), 400, "area limit, from the header"),
         "thin_png_49000000x1": Hostile(_thin_png(49_000_000, 1), 400, "side limit"),
         "tall_png_1x49000000": Hostile(_thin_png(1, 49_000_000), 400, "side limit"),
@@ -168,34 +163,54 @@ def build_hostile() -> dict[str, Hostile]:
             200,
             "~113 MiB of coefficients",
         ),
-        # malformed headers that Pillow walks in Python, a few µs a segment or a byte
+    }
+
+
+def _malformed_headers(jpeg: bytes, png: bytes) -> dict[str, Hostile]:
+    """Malformed headers that Pillow walks in Python, a few µs a segment or a byte."""
+    return {
         "jpeg_4m_empty_segments": Hostile(
             jpeg[:2] + _segment(0xFE, b"") * 4_000_000 + jpeg[2:], 400, "segments"
         ),
         "jpeg_16m_fill_bytes": Hostile(jpeg[:2] + b"\xff" * 16_000_000 + jpeg[2:], 400, "junk"),
         "png_1m_empty_chunks": Hostile(
-            png[:after_ihdr] + _chunk(b"abCd", b"") * 1_000_000 + png[after_ihdr:], 400, "chunks"
+            png[:AFTER_IHDR] + _chunk(b"abCd", b"") * 1_000_000 + png[AFTER_IHDR:], 400, "chunks"
         ),
-        # decompression bombs in PNG text and profile chunks
-        "png_ztxt_bombs": Hostile(png[:after_ihdr] + ztxt + png[after_ihdr:], 400, "MAX_TEXT_MEMORY"),
+    }
+
+
+def _metadata_bombs(jpeg: bytes, png: bytes) -> dict[str, Hostile]:
+    """Decompression bombs in PNG text and profile chunks, and a JPEG with too much EXIF and ICC."""
+    before_iend = len(png) - 12  # IEND, the last chunk, is 12 bytes
+    text_bomb = zlib.compress(b"a" * ((1 << 20) - 100), 9)  # just under Pillow's MAX_TEXT_CHUNK
+    deep_bomb = zlib.compress(b"a" * 200_000_000, 9)  # 200 MB of text in 200 kB
+    ztxt = b"".join(_chunk(b"zTXt", b"k%d\0\0" % i + text_bomb) for i in range(2_000))
+    return {
+        "png_ztxt_bombs": Hostile(png[:AFTER_IHDR] + ztxt + png[AFTER_IHDR:], 400, "MAX_TEXT_MEMORY"),
         "png_ztxt_bombs_after_idat": Hostile(
             png[:before_iend] + ztxt + png[before_iend:], 400, "MAX_TEXT_MEMORY"
         ),
         "png_ztxt_200mb": Hostile(
-            png[:after_ihdr] + _chunk(b"zTXt", b"k\0\0" + deep_bomb) + png[after_ihdr:], 400, "MAX_TEXT_CHUNK"
+            png[:AFTER_IHDR] + _chunk(b"zTXt", b"k\0\0" + deep_bomb) + png[AFTER_IHDR:], 400, "MAX_TEXT_CHUNK"
         ),
         "png_iccp_200mb": Hostile(
-            png[:after_ihdr] + _chunk(b"iCCP", b"icc\0\0" + deep_bomb) + png[after_ihdr:],
+            png[:AFTER_IHDR] + _chunk(b"iCCP", b"icc\0\0" + deep_bomb) + png[AFTER_IHDR:],
             400,
             "MAX_TEXT_CHUNK",
         ),
         "jpeg_19mb_exif_and_icc": Hostile(
-            jpeg[:2] + metadata(150) + jpeg[2:], 400, "8 MiB of metadata at most"
+            jpeg[:2] + _metadata(150) + jpeg[2:], 400, "8 MiB of metadata at most"
         ),
-        # big but legitimate: classified
-        "jpeg_4mb_exif_and_icc": Hostile(jpeg[:2] + metadata(30) + jpeg[2:], 200, "kept"),
+    }
+
+
+def _big_but_legitimate(jpeg: bytes, png: bytes) -> dict[str, Hostile]:
+    """Large metadata, 12-48 Mpx photos and a 10,000-frame GIF: all classified."""
+    alpha_row = b"\x00" + bytes(v for x in range(4000) for v in (x % 256, 90, 200, x % 251))
+    return {
+        "jpeg_4mb_exif_and_icc": Hostile(jpeg[:2] + _metadata(30) + jpeg[2:], 200, "kept"),
         "png_15mb_text": Hostile(
-            png[:after_ihdr] + _chunk(b"tEXt", b"k\0" + b"a" * 15_000_000) + png[after_ihdr:], 200, "text"
+            png[:AFTER_IHDR] + _chunk(b"tEXt", b"k\0" + b"a" * 15_000_000) + png[AFTER_IHDR:], 200, "text"
         ),
         "jpeg_12mp": Hostile(_encode(Image.new("RGB", (4000, 3000), (30, 60, 90)), "JPEG"), 200, "a photo"),
         "jpeg_48mp_baseline": Hostile(
@@ -210,12 +225,29 @@ def build_hostile() -> dict[str, Hostile]:
         "png_4000x3000_rgba": Hostile(_png(4000, 3000, alpha_row, 6), 200, "48 MB, composited in strips"),
         "gif_10000_frames.jpg": Hostile(_gif_frames(10_000), 200, "the first frame only"),
     }
-    hostile.update(_other_formats(small))
+
+
+def _named_jpg(small: Image.Image) -> dict[str, Hostile]:
+    """Every other format uploaded as .jpg: the type is sniffed from the bytes, never taken from the name."""
+    hostile: dict[str, Hostile] = {}
     for fmt in ("GIF", "WEBP", "AVIF", "HEIF", "BMP", "TIFF"):
         hostile[f"{fmt.lower()}_named.jpg"] = Hostile(_encode(small, fmt), 200, "sniffed, not named")
     for fmt in ("PDF", "ICO", "PPM", "TGA", "JPEG2000", "EPS"):
         hostile[f"{fmt.lower()}_named.jpg"] = Hostile(_encode(small, fmt), 415, "refused by type")
     return hostile
+
+
+def build_hostile() -> dict[str, Hostile]:
+    small = Image.new("RGB", (640, 480), (200, 40, 40))
+    jpeg, png = _encode(small, "JPEG"), _encode(small, "PNG")
+    return {
+        **_size_bombs(),
+        **_malformed_headers(jpeg, png),
+        **_metadata_bombs(jpeg, png),
+        **_big_but_legitimate(jpeg, png),
+        **_other_formats(small),
+        **_named_jpg(small),
+    }
 
 
 @pytest.fixture(scope="module")
