@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import requests
+
 from bench.loadgen import multipart
 
 HUNG_S = 30.0  # no drill request may take this long: the client gives up and counts it as hung
@@ -209,3 +211,14 @@ class AsyncLoad:
 
     def counts(self) -> Counter:
         return Counter(o.result for o in self.outcomes)
+
+
+def timed_predict(port: int, data: bytes, filename: str = "photo.jpg") -> tuple[int, float]:
+    """One upload to the web tier on `port`: its HTTP status and how long it took (s)."""
+    start = time.monotonic()
+    resp = requests.post(
+        f"http://127.0.0.1:{port}/api/v1/predict",
+        files={"image": (filename, data, "image/jpeg")},
+        timeout=30,
+    )
+    return resp.status_code, time.monotonic() - start

@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from services.model.server import HUNG_AFTER_TIMEOUTS
 from tests.drills.fakes import InProcess
+from tests.drills.load import timed_predict
 from tests.support.servers import http_status, web_server
 
 pytestmark = pytest.mark.integration
@@ -30,16 +30,6 @@ def model() -> Iterator[InProcess]:
         made.close()
 
 
-def _predict(port: int, data: bytes) -> tuple[int, float]:
-    start = time.monotonic()
-    resp = requests.post(
-        f"http://127.0.0.1:{port}/api/v1/predict",
-        files={"image": ("photo.jpg", data, "image/jpeg")},
-        timeout=30,
-    )
-    return resp.status_code, time.monotonic() - start
-
-
 def _poll(check, timeout_s: float) -> float | None:
     """Seconds until check() is true (polled every 50 ms), or None at the timeout."""
     start = time.monotonic()
@@ -56,14 +46,14 @@ def test_a_hung_inference_is_a_504_then_unready_then_dead(model, tmp_path, photo
     web = spawn(web_server(tmp_path, model.port, attempt_timeout_ms=REQUEST_TIMEOUT_MS, **settings))
     port, data = web.ports["http"], photos["coffee.jpg"].data
     readyz = model.url("/readyz")
-    assert _predict(port, data)[0] == 200 and http_status(readyz) == 200
+    assert timed_predict(port, data)[0] == 200 and http_status(readyz) == 200
 
     runtime.hang()
     hung: list[tuple[int, float]] = []
-    victim = threading.Thread(target=lambda: hung.append(_predict(port, data)))
+    victim = threading.Thread(target=lambda: hung.append(timed_predict(port, data)))
     victim.start()
     assert _poll(lambda: runtime.hung_at is not None, 10) is not None
-    others = [_predict(port, data) for _ in range(5)]  # the other inference worker still serves
+    others = [timed_predict(port, data) for _ in range(5)]  # the other inference worker still serves
     unready_s = _poll(lambda: http_status(readyz) == 503, 10)
     unready_s = None if unready_s is None else time.monotonic() - runtime.hung_at
     victim.join(30)
@@ -72,7 +62,7 @@ def test_a_hung_inference_is_a_504_then_unready_then_dead(model, tmp_path, photo
     livez = http_status(model.url("/livez"))
     runtime.release()  # the call returns at last: the server is ready again by itself
     recovered_s = _poll(lambda: http_status(readyz) == 200, 10)
-    after = _predict(port, data)[0]
+    after = timed_predict(port, data)[0]
     drill_record(
         "F9",
         f"a hung inference call (inference_timeout_s {TIMEOUT_S:g} s), 2 inference workers",

@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 
+from tests.drills.load import timed_predict
 from tests.support.servers import web_server
 
 pytestmark = pytest.mark.integration
@@ -24,16 +24,6 @@ ROUNDS = 4  # seconds of attack
 def stack_settings() -> dict[str, dict[str, object]]:
     """The shared `stack` (tests/conftest.py): the model's defaults, web deadlines slow clients can meet."""
     return {"model": {}, "web": {"client_header_timeout_s": 30, "client_body_timeout_s": 30}}
-
-
-def _predict(port: int, data: bytes) -> tuple[int, float]:
-    start = time.monotonic()
-    resp = requests.post(
-        f"http://127.0.0.1:{port}/api/v1/predict",
-        files={"image": ("coffee.jpg", data, "image/jpeg")},
-        timeout=30,
-    )
-    return resp.status_code, time.monotonic() - start
 
 
 class Dripper:
@@ -77,7 +67,7 @@ def test_slow_clients_hold_no_thread(stack, photos, drill_record):
     model, web = stack
     port = web.ports["http"]
     data = photos["coffee.jpg"].data
-    assert _predict(port, data)[0] == 200
+    assert timed_predict(port, data, "coffee.jpg")[0] == 200
     head = b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
     slow_heads = [head + b"Content-Length: %d\r\n\r\n" % len(data) for _ in range(SLOW // 2)]
     # slow bodies: the head arrives at once, the body one byte a second
@@ -89,7 +79,7 @@ def test_slow_clients_hold_no_thread(stack, photos, drill_record):
             results: list[tuple[int, float]] = []
             with ThreadPoolExecutor(8) as pool:
                 while heads.rounds < ROUNDS:  # normal traffic for as long as the attack lasts
-                    results += pool.map(lambda _: _predict(port, data), range(16))
+                    results += pool.map(lambda _: timed_predict(port, data, "coffee.jpg"), range(16))
             sent, closed = heads.sent, heads.closed_by_server
         finally:
             for sock in bodies:
