@@ -57,6 +57,7 @@ def markdown(results: dict) -> str:
         f"Machine: {results['machine']['cpu']} ({results['machine']['cores']} cores), "
         f"Python {results['machine']['python']}. {len(results['photos'])} photos, "
         f"{results['duration_s']:g} s per level.",
+        *_rounds(results.get("rounds", 1)),
         "",
         f"- **ceiling** (decode + inference, one after another, in-process): {ref['ceiling_rps']:.1f} "
         f"images/s, {ref['ceiling_latency_ms']:.1f} ms per image (median)",
@@ -114,8 +115,10 @@ def _row(system: str, lv: dict, ref: dict, best: tuple[str, float] | None) -> st
     m = lv.get("model_metrics", {})
     queue = _mean(m, "zerolens_model_queue_seconds")
     rps = lv["throughput_rps"]
+    rounds = lv.get("rounds_rps", [])
+    spread = f" ({min(rounds):.1f}–{max(rounds):.1f})" if len(rounds) > 1 else ""
     return (
-        f"| {system} | {lv['concurrency']} | {rps:.1f} "
+        f"| {system} | {lv['concurrency']} | {rps:.1f}{spread} "
         f"| {rps / ref['ceiling_rps']:.2f} | {rps / ref['limit_rps']:.2f} "
         f"| {_fmt(rps / best[1] if best and best[1] else None, 2)} "
         f"| {lv['p50_ms']:.1f} | {lv['p95_ms']:.1f} | {lv['p99_ms']:.1f} "
@@ -201,6 +204,15 @@ def _drift(runs: list[dict]) -> list[str]:
     ]
 
 
+def _rounds(count: int) -> list[str]:
+    if count < 2:
+        return []
+    return [
+        f"{count} rounds, every system once per round in alternating order; each row is the round with the "
+        "median images/s, (min–max) over the rounds beside it."
+    ]
+
+
 def _errors(level: dict) -> str:
     return ", ".join(f"{status}: {n}" for status, n in level["errors"].items()) or "–"
 
@@ -283,7 +295,8 @@ def plots(results: dict, out: Path) -> list[Path]:
                 xs = [str(int(k)) for k in hist]
                 ax.bar(xs, list(hist.values()), alpha=0.6, label=f"{run['system']} c={lv['concurrency']}")
     ax.set(xlabel="batch size (bucket upper bound)", ylabel="model calls", title="Batch sizes")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # only zerolens's model server reports its batches
+        ax.legend()
     paths.append(out / "batch_sizes.png")
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=110)

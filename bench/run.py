@@ -117,6 +117,23 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
+def median_round(rounds: list[dict]) -> dict:
+    """One system's runs (bench_system's, one per round) as one: each level is the round with the median
+    images/s (the lower of the middle two for an even count), whole, so its latencies and costs stay that
+    round's, with every round's images/s in `rounds_rps`; the sporadic level likewise by p50; the memory of
+    the last round."""
+
+    def median(rows: list[dict], key: str, spread: str) -> dict:
+        ordered = sorted(rows, key=lambda row: row[key])
+        return ordered[(len(ordered) - 1) // 2] | {spread: [row[key] for row in rows]}
+
+    by_level = zip(*(r["levels"] for r in rounds), strict=True)
+    run = rounds[-1] | {"levels": [median(list(rows), "throughput_rps", "rounds_rps") for rows in by_level]}
+    if "sporadic" in run:
+        run["sporadic"] = median([r["sporadic"] for r in rounds], "p50_ms", "rounds_p50_ms")
+    return run | {"rounds": len(rounds)}
+
+
 def bench_system(
     name: str,
     tmp: Path,
@@ -190,6 +207,7 @@ def _results(
         # measured before and after the systems; the ratios use their mean
         "reference_runs": [asdict(r) | {"limit_rps": r.limit_rps} for r in references],
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "gap_ms": args.gap_ms,
         "settings": settings,
         "web_settings": web_settings,
@@ -210,6 +228,13 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--gap-ms", type=float, default=50.0, help="sporadic level: c=1 with this pause (0: skip it)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every system this many times, in alternating order (A B C, C B A, ...) so that drift of a "
+        "shared machine falls on all alike; each level reports the round with the median images/s",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip " + ", ".join(PEERS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
@@ -217,6 +242,8 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     return args, systems
 
 
@@ -230,7 +257,8 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     photos = photo_set(sizes)
 
-    steps = tqdm(total=2 + len(systems) * (len(levels) + (args.gap_ms > 0)), desc="bench", unit="step")
+    per_round = len(systems) * (len(levels) + (args.gap_ms > 0))
+    steps = tqdm(total=2 + args.rounds * per_round, desc="bench", unit="step")
 
     def progress(label: str) -> None:
         steps.set_postfix_str(label)
@@ -243,15 +271,19 @@ def main(argv: list[str] | None = None) -> Path:
         return measured
 
     first = measure_reference("before")
-    runs, failed = [], {}
-    for name in systems:
-        try:
-            bodies = bodies_for(name, photos)
-            level_args = (levels, args.duration, settings, web_settings, progress, args.gap_ms)
-            runs.append(bench_system(name, out, bodies, *level_args))
-        except RuntimeError as exc:  # a system that would not start: the others still run
-            failed[name] = str(exc).splitlines()[0]
-            print(f"{name} failed: {exc}", file=sys.stderr)
+    rounds: dict[str, list[dict]] = {name: [] for name in systems}
+    failed: dict[str, str] = {}
+    level_args = (levels, args.duration, settings, web_settings, progress, args.gap_ms)
+    for number in range(args.rounds):
+        for name in systems if number % 2 == 0 else systems[::-1]:
+            if name in failed:
+                continue
+            try:
+                rounds[name].append(bench_system(name, out, bodies_for(name, photos), *level_args))
+            except RuntimeError as exc:  # a system that would not start: the others still run
+                failed[name] = str(exc).splitlines()[0]
+                print(f"{name} failed: {exc}", file=sys.stderr)
+    runs = [median_round(rounds[name]) for name in systems if rounds[name] and name not in failed]
     last = measure_reference("after")
     steps.close()
     reference = ceiling.mean(first, last)

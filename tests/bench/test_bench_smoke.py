@@ -39,3 +39,17 @@ def test_bench_harness_runs_end_to_end(tmp_path):
     assert "Sporadic requests (one client pausing 20 ms after each answer" in table
     for plot in ("throughput.png", "latency.png", "batch_sizes.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rounds_run_each_system_again_and_report_the_median(tmp_path):
+    argv = ["--systems", "in-process", "--concurrency", "1", "--duration", "1", "--gap-ms", "0"]
+    out = run.main([*argv, "--rounds", "3", "--megapixels", "0", "--out", str(tmp_path)])
+    results = json.loads((out / "results.json").read_text())
+    assert results["rounds"] == 3 and [r["system"] for r in results["runs"]] == ["in-process"]
+    (level,) = results["runs"][0]["levels"]
+    assert len(level["rounds_rps"]) == 3 and all(rps > 0 for rps in level["rounds_rps"])
+    assert level["throughput_rps"] == sorted(level["rounds_rps"])[1]
+    table = (out / "results.md").read_text()
+    assert "3 rounds, every system once per round in alternating order" in table
+    low, high = min(level["rounds_rps"]), max(level["rounds_rps"])
+    assert f"| in-process | 1 | {level['throughput_rps']:.1f} ({low:.1f}–{high:.1f}) |" in table
