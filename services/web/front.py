@@ -18,8 +18,9 @@ Overload: a complete request that would wait for a thread longer than ¾ of `max
 that are taken stay fresh.
 
 Stopping (SIGTERM): the worker first accepts every connection already waiting in the kernel's accept queue
-and closes its listening sockets — closing a listener resets the connections still queued in it, while a
-connection attempted after the close is refused before it is established — then serves what it holds.
+and closes its listening sockets while their queues are empty (listener.py) — closing a listener resets the
+connections still queued in it, while a connection attempted after the close is refused before it is
+established — then serves what it holds.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from services.config import WebConfig, load
 from services.web.framing import CONTINUE, INCOMPLETE, UNFRAMED, Reading, scan, wants_continue
+from services.web.listener import close_when_empty
 
 REQUEST_START = "zerolens.request_start"  # environ: time.time() when the request's first byte arrived
 DRAINING = "zerolens.draining"  # environ: True once the worker is stopping (readiness turns false)
@@ -356,5 +358,9 @@ class BufferingThreadWorker(ThreadWorker):
         if not enabled and not self.alive:
             for listener in self.sockets:
                 listener.setblocking(False)
-                self.accept(listener)  # what already waits in the accept queue is served
-                listener.close()
+                close_when_empty(listener, partial(self._accept_waiting, listener))
+
+    def _accept_waiting(self, listener: socket.socket) -> bool:
+        """Take what waits in the accept queue; whether the worker could take more."""
+        self.accept(listener)
+        return self.nr_conns < self.worker_connections
