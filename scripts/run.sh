@@ -38,13 +38,14 @@ if command -v setpriv >/dev/null && setpriv --pdeathsig TERM true 2>/dev/null; t
   orphan_guard=(setpriv --pdeathsig TERM --)
 fi
 
-model_pid='' web_pid='' ready_pid='' metrics_dir=''
+model_pid='' web_pid='' ready_pid='' timer_pid='' metrics_dir=''
 
 # Stop what is still running, SIGTERM first (each drains: the model server up to drain_timeout_s); a second
 # Ctrl-C or SIGTERM while that runs kills them at once.
 stop() {
   set +e
   local pid
+  if [[ -n $timer_pid ]]; then kill "$timer_pid" 2>/dev/null; fi  # SIGTERM: bash reports no line for it
   running=()
   for pid in "$ready_pid" "$web_pid" "$model_pid"; do
     if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then running+=("$pid"); fi
@@ -93,16 +94,21 @@ web_pid=$!
 "${orphan_guard[@]}" "$BIN/python" scripts/runcheck.py ready &
 ready_pid=$!
 
-finished='' status=0
-wait -n -p finished "$ready_pid" "$model_pid" "$web_pid" || status=$?
-if [[ $finished == "$ready_pid" ]]; then
-  ready_pid='' status=0
-  wait -n -p finished "$model_pid" "$web_pid" || status=$?
-fi
-# Whichever server exits first (a crash, a busy port) takes the other down with it.
-if [[ $finished == "$model_pid" ]]; then
+# Whichever server exits first (a crash, a busy port, a kill) takes the other down with it. `wait -n` alone
+# could wait forever: bash reports a background job killed by a signal while it was not inside that wait
+# ("Killed") and forgets it. So each pass checks that both still run, a timer ends the wait every few
+# seconds in case one died just before it, and `wait PID` (which still knows a forgotten job) gives the status.
+while kill -0 "$model_pid" 2>/dev/null && kill -0 "$web_pid" 2>/dev/null; do
+  "${orphan_guard[@]}" sleep 5 &
+  timer_pid=$!
+  wait -n "$model_pid" "$web_pid" "$timer_pid" || true
+done
+status=0
+if kill -0 "$web_pid" 2>/dev/null; then
+  wait "$model_pid" || status=$?
   echo "zerolens: the model server exited with status $status; stopping the web tier" >&2
 else
+  wait "$web_pid" || status=$?
   echo "zerolens: the web tier exited with status $status; stopping the model server" >&2
 fi
 stop

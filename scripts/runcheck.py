@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -170,11 +171,19 @@ def wait_ready(ports: list[Listener], timeout_s: float) -> bool:
             continue
         if time.monotonic() > deadline:
             answer = f"answers {status} {reason}".rstrip() if status else f"does not answer ({reason})"
-            print(f"zerolens: not ready after {timeout_s:.0f} s: {url} {answer}; see the logs above",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            say(
+                f"zerolens: not ready after {timeout_s:.0f} s: {url} {answer}; see the logs above", sys.stderr
+            )
             return False
         time.sleep(POLL_INTERVAL_S)
     return True
+
+
+def say(line: str, stream: TextIO) -> None:
+    """One line in one write: the servers share the terminal, and with PYTHONUNBUFFERED print() writes the
+    text and its newline apart, so a server's log line could land in between."""
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             check_ports(ports)
             return 0
     except Refused as exc:
-        print(f"zerolens: {exc}", file=sys.stderr, flush=True)
+        say(f"zerolens: {exc}", sys.stderr)
         return 2
     web = ports[0]
     if not wait_ready(ports, args.timeout_s):
         return 1
-    print(f"zerolens is ready: open http://{_url_host(web.host, for_browser=True)}:{web.port}", flush=True)
+    say(f"zerolens is ready: open http://{_url_host(web.host, for_browser=True)}:{web.port}", sys.stdout)
     return 0
 
 
