@@ -15,6 +15,9 @@ import requests
 from bench.loadgen import multipart
 
 HUNG_S = 30.0  # no drill request may take this long: the client gives up and counts it as hung
+# A refusal that waited for nothing: well under one attempt's 4 s timeout, with room for a loaded 2-core
+# machine, where 64 load threads and a draining server can delay a 20 ms answer past half a second.
+FAST_REFUSAL_S = 2.0
 
 
 @dataclass(frozen=True)
