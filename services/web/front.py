@@ -82,9 +82,11 @@ def _count_shed(reason: str) -> None:
     metrics.record_shed(reason)
 
 
-_BUSY = "the service is busy; please try again in a moment"
-_BUSY_BODY = json.dumps({"error": {"code": 503, "status": "SERVICE_UNAVAILABLE", "message": _BUSY}}).encode()
-_BUSY_BODY_OIP = json.dumps({"error": _BUSY}).encode()  # the Open Inference Protocol's error body
+BUSY_MESSAGE = "the service is busy; please try again in a moment"  # the loop's own 503s, told apart by it
+_BUSY_BODY = json.dumps(
+    {"error": {"code": 503, "status": "SERVICE_UNAVAILABLE", "message": BUSY_MESSAGE}}
+).encode()
+_BUSY_BODY_OIP = json.dumps({"error": BUSY_MESSAGE}).encode()  # the Open Inference Protocol's error body
 # The caller's X-Request-ID in a request head, when it is one the app would take (protocol.REQUEST_ID).
 _REQUEST_ID = re.compile(rb"\r\nx-request-id:[ \t]*([A-Za-z0-9._-]{1,64})[ \t]*\r\n", re.IGNORECASE)
 
