@@ -22,6 +22,7 @@ import pytest
 
 from bench.loadgen import multipart
 from services.web.front import BUSY_MESSAGE
+from tests.drills.load import percentile
 from tests.support.servers import model_server, web_server
 
 pytestmark = pytest.mark.integration
@@ -48,13 +49,6 @@ class Run:
     @property
     def goodput(self) -> float:
         return self.statuses[200] / self.seconds
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def hammer(port: int, body: bytes, content_type: str, backoff: bool, seconds: float) -> Run:
